@@ -1,0 +1,99 @@
+"""Decode one cell (model x benchmark x decoder x params): warm up, then time every `generate` call.
+
+Every finished problem is appended to `generations.partial.jsonl` at once, so a killed run resumes where it stopped;
+the file becomes `generations.jsonl` when the cell is complete. A cell that cannot run (bad model path, decoder
+error) is recorded as failed in `meter.json` with its error, and the workflow goes on with the other cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from d2f_core.bench.benchmarks import get_benchmark
+from d2f_core.bench.environment import device_info, git_sha, versions
+from d2f_core.bench.io import JsonlAppender, atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
+from d2f_core.bench.meter import Meter, timed
+from d2f_core.decode.base import build_decoder
+from d2f_core.model.load import load_model
+from d2f_core.train.corpora import read_jsonl
+
+
+def parse_params(label: str) -> dict[str, str]:
+    """`block_size~16,steps~48` -> {"block_size": "16", "steps": "48"}; `default` -> {}."""
+    if label in ("", "default"):
+        return {}
+    pairs = [p.split("~", 1) for p in label.split(",")]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"bad params label {label!r}; expected key~value pairs joined by ','")
+    return dict(pairs)
+
+
+def params_label(params: dict) -> str:
+    return ",".join(f"{k}~{params[k]}" for k in sorted(params)) or "default"
+
+
+def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: dict, max_new_tokens: int,
+             out_dir: str, adapter: str | None = None, merge: bool = False, limit: int | None = None,
+             warmup: int = 1, threads: int | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    partial, final = out / "generations.partial.jsonl", out / "generations.jsonl"
+    record = {"model": model, "adapter": adapter, "merge": merge, "benchmark": benchmark, "decoder": decoder,
+              "params": params, "max_new_tokens": max_new_tokens, "limit": limit, "warmup": warmup,
+              "status": "ok", "error": None, "versions": versions(), "git_sha": git_sha()}
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        bench = get_benchmark(benchmark)
+        rows = read_jsonl(bench.test_file(data_dir))[:limit]
+        lm = load_model(model, adapter=adapter, merge=merge)
+        dec = build_decoder(decoder, lm, **params)
+        record["device_info"] = device_info(lm.device)
+        done = read_jsonl_tolerant(partial)
+        rewrite_jsonl(partial, done)  # drop a line torn by a kill
+        record["resumed_from"] = len(done)
+        todo = rows[len(done):]
+        prompts = [lm.tokenizer(bench.prompt(r)).input_ids for r in todo]
+        for ids in prompts[:warmup]:  # never recorded: first-call allocations, lazy init
+            dec.generate(ids, max_new_tokens, list(bench.stop))
+        meter, log = Meter(lm.device), JsonlAppender(partial)
+        meter.start()
+        for row, ids in tqdm(list(zip(todo, prompts)), desc=f"{decoder} {Path(model).name} {benchmark}",
+                             mininterval=5):
+            log.write(_decode_one(dec, lm, row, ids, max_new_tokens, bench.stop, first=not done and row is rows[0]))
+        record["meter"] = meter.stop()
+        record["meter"]["window_samples"] = len(todo)
+        log.close()
+        os.replace(partial, final)
+    except Exception as e:  # the cell is recorded as failed; other cells go on
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        final.touch()
+    atomic_write_json(out / "meter.json", record)
+    return record
+
+
+def _decode_one(dec, lm, row, ids, max_new_tokens, stop, first: bool) -> dict:
+    sample = {"id": row["id"], "prompt_hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+    try:
+        t0 = timed(lm.device)
+        gen = dec.generate(ids, max_new_tokens, list(stop))
+        latency = timed(lm.device) - t0
+    except Exception as e:  # one problem's failure is an error row, not a crashed cell
+        return {**sample, "output": "", "tokens": 0, "latency": None, "forwards": 0, "error": f"{type(e).__name__}: {e}"}
+    canvas = [t for t in gen.canvas_tokens if t != lm.eos_id]
+    sample.update(
+        output=gen.text, tokens=len(gen.tokens), latency=latency, forwards=gen.forwards,
+        forward_positions=gen.forward_positions, canvas_length=len(gen.canvas_tokens),
+        tokens_llada=sum(t != lm.eos_id for t in lm.tokenizer(gen.text).input_ids), tokens_canvas=len(canvas),
+        error=None,
+    )
+    if first and gen.trace is not None:
+        sample["trace"] = gen.trace  # one problem per cell, for the timeline figure
+    return sample

@@ -1,0 +1,69 @@
+"""Score a decoded cell and write its `samples.jsonl` and `summary.json` (DESIGN §5-6).
+
+Kept apart from decoding so a scorer fix re-scores without re-decoding, and so untrusted code runs in a sandboxed
+job of its own, never in the timed process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from pathlib import Path
+
+from tqdm import tqdm
+
+from d2f_core.bench.benchmarks import get_benchmark
+from d2f_core.bench.io import atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
+from d2f_core.bench.stats import bootstrap_mean, bootstrap_ratio
+from d2f_core.train.corpora import read_jsonl
+
+
+def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str) -> dict:
+    cell = Path(cell_dir)
+    run = json.loads((cell / "meter.json").read_text())
+    bench = get_benchmark(run["benchmark"])
+    rows = {r["id"]: r for r in read_jsonl(bench.test_file(data_dir))}
+    samples = []
+    for s in tqdm(read_jsonl_tolerant(cell / "generations.jsonl"), desc=f"score {cell}", mininterval=5):
+        verdict = {"correct": False} if s.get("error") else bench.score(rows[s["id"]], s["output"])
+        samples.append({**s, **verdict})
+    rewrite_jsonl(cell / "samples.jsonl", samples)
+    summary = summarize(samples, run, profile, model_name, bench.metric)
+    atomic_write_json(cell / "summary.json", summary)
+    return summary
+
+
+def summarize(samples: list[dict], run: dict, profile: str, model_name: str, metric: str) -> dict:
+    identity = {"profile": profile, "model": model_name, "adapter": run["adapter"], "benchmark": run["benchmark"],
+                "decoder": run["decoder"], "params": run["params"], "max_new_tokens": run["max_new_tokens"]}
+    out = {**identity, "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
+           "metric": metric, "status": run["status"], "error": run["error"], "n": len(samples),
+           "device": run.get("device_info"), "versions": run["versions"], "git_sha": run["git_sha"]}
+    ok = [s for s in samples if not s.get("error")]
+    if run["status"] != "ok" or not ok:
+        out.update(status="failed", error=run["error"] or f"all {len(samples)} samples failed")
+        return out
+    correct = [float(s["correct"]) for s in samples]
+    tokens, latency = [s["tokens"] for s in ok], [s["latency"] for s in ok]
+    forwards = [s["forwards"] for s in ok]
+    meter = run.get("meter", {})
+    out.update(
+        errors=len(samples) - len(ok),
+        score=statistics.fmean(correct), score_ci=bootstrap_mean(correct),
+        tps=sum(tokens) / sum(latency), tps_ci=bootstrap_ratio(tokens, latency),
+        tps_median=statistics.median(t / l for t, l in zip(tokens, latency)),
+        latency_mean=statistics.fmean(latency), latency_median=statistics.median(latency),
+        tokens_mean=statistics.fmean(tokens), tokens_llada_mean=statistics.fmean(s["tokens_llada"] for s in ok),
+        tokens_canvas_mean=statistics.fmean(s["tokens_canvas"] for s in ok),
+        nfe=statistics.fmean(forwards), tpf=sum(tokens) / sum(forwards),
+        energy_j=meter.get("energy_j"), energy_source=meter.get("energy_source"),
+        power_mean_w=meter.get("power_mean_w"), power_peak_w=meter.get("power_peak_w"),
+        memory_peak_mb=meter.get("memory_peak_mb"), resumed_from=run.get("resumed_from", 0),
+    )
+    window_tokens = sum(s["tokens"] for s in ok[out["resumed_from"]:])
+    out["j_per_token"] = out["energy_j"] / window_tokens if out["energy_j"] is not None and window_tokens else None
+    if "correct_flexible" in samples[0]:
+        flexible = [float(s.get("correct_flexible", False)) for s in samples]
+        out.update(score_flexible=statistics.fmean(flexible), score_flexible_ci=bootstrap_mean(flexible))
+    return out

@@ -1,0 +1,188 @@
+"""`d2f`: every workflow step as a command, so each Snakemake rule also runs by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _kv(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"error: expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_data(a) -> None:
+    from d2f_core.bench.benchmarks import get_benchmark
+    from d2f_core.bench.io import rewrite_jsonl
+    from d2f_core.train.corpora import make_split
+
+    bench = get_benchmark(a.benchmark)
+    train, test = make_split(a.benchmark, a.train, a.test, a.seed)
+    rewrite_jsonl(bench.train_file(a.out), train)
+    rewrite_jsonl(bench.test_file(a.out), test)
+    print(f"{a.benchmark}: {len(train)} train, {len(test)} test problems -> {a.out}")
+
+
+def cmd_tokenizer(a) -> None:
+    from d2f_core.bench.benchmarks import get_benchmark
+    from d2f_core.train.corpora import read_jsonl
+    from d2f_core.train.tokenizer import train_tokenizer
+
+    texts = []
+    for name in a.benchmarks:
+        bench = get_benchmark(name)
+        texts += [bench.prompt(r) + bench.completion(r) for r in read_jsonl(bench.train_file(a.data))]
+    tok = train_tokenizer(texts, a.vocab_size, a.out)
+    print(f"tokenizer: {len(tok)} tokens -> {a.out}")
+
+
+def cmd_train(a) -> None:
+    import torch
+
+    from d2f_core.bench.io import atomic_write_json
+    from d2f_core.train.pretrain import TrainConfig, train_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    arch = {k: int(v) for k, v in _kv(a.arch).items()} or None
+    cfg = TrainConfig(**{k: type(getattr(TrainConfig, k))(v) for k, v in _kv(a.set).items()})
+    stats = train_model(a.family, a.data, a.tokenizer, a.out, a.benchmarks, cfg, a.gen_length, arch, a.init)
+    atomic_write_json(f"{a.out}/train_stats.json", {"family": a.family, "init": a.init, **vars(cfg), **stats})
+    print(json.dumps(stats))
+
+
+def cmd_decode(a) -> None:
+    from d2f_core.bench.runner import parse_params, run_cell
+
+    rec = run_cell(a.model, a.benchmark, a.data, a.decoder, parse_params(a.params), a.max_new_tokens, a.out,
+                   adapter=a.adapter, merge=a.merge, limit=a.limit, warmup=a.warmup, threads=a.threads)
+    if rec["status"] != "ok":
+        print(f"cell FAILED (recorded in {a.out}/meter.json): {rec['error']}", file=sys.stderr)
+
+
+def cmd_score(a) -> None:
+    from d2f_core.bench.scoring import score_cell
+
+    s = score_cell(a.cell, a.data, a.profile, a.model_name)
+    print(f"{a.cell}: status {s['status']}, score {s.get('score')}, tps {s.get('tps')}")
+
+
+def cmd_aggregate(a) -> None:
+    from d2f_core.report.aggregate import aggregate
+
+    df = aggregate(a.summaries, a.out)
+    print(f"{len(df)} cells -> {a.out}")
+
+
+def cmd_report(a) -> None:
+    from d2f_core.report.tables import write_tables
+
+    write_tables(a.summary, a.out)
+    print(f"tables -> {a.out}")
+
+
+def cmd_generate(a) -> None:
+    import dataclasses
+
+    from d2f_core.decode.base import build_decoder
+    from d2f_core.model.load import load_model
+
+    lm = load_model(a.model, adapter=a.adapter)
+    dec = build_decoder(a.decoder, lm, **_kv(a.param))
+    gen = dec.generate(lm.tokenizer(a.prompt).input_ids, a.max_new_tokens, a.stop or [])
+    print(json.dumps(dataclasses.asdict(gen)) if a.json else gen.text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d2f", description="D2F Bench: the steps of the reproduction DAG, by hand.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("data", help="write a tiny benchmark's train/test splits (seeded, offline)")
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--train", type=int, required=True, help="training problems")
+    s.add_argument("--test", type=int, required=True, help="test problems")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="data directory")
+    s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the training splits")
+    s.add_argument("--data", required=True)
+    s.add_argument("--benchmarks", nargs="+", required=True)
+    s.add_argument("--vocab-size", type=int, default=512)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_tokenizer)
+
+    s = sub.add_parser("train", help="train a tiny AR, LLaDA-style or Dream-style model on CPU")
+    s.add_argument("--family", choices=["ar", "llada", "dream"], required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--benchmarks", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--init", help="checkpoint to start from (diffusion teachers start from the AR model)")
+    s.add_argument("--arch", nargs="*", metavar="KEY=VALUE", help="hidden_size, layers, heads, intermediate_size")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="TrainConfig fields: steps, batch_size, lr, ...")
+    s.add_argument("--gen-length", type=int, default=48, help="diffusion canvas length (answers are EOS-padded)")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("decode", help="decode one cell and time every generate call")
+    s.add_argument("--model", required=True)
+    s.add_argument("--adapter")
+    s.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the weights")
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--decoder", required=True)
+    s.add_argument("--params", default="default", help="key~value pairs joined by ',' (the cell's directory name)")
+    s.add_argument("--max-new-tokens", type=int, required=True)
+    s.add_argument("--limit", type=int, help="first N test problems only")
+    s.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up generations")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--out", required=True, help="the cell directory")
+    s.set_defaults(func=cmd_decode)
+
+    s = sub.add_parser("score", help="score a decoded cell (code runs in the sandbox) and write summary.json")
+    s.add_argument("--cell", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--profile", required=True)
+    s.add_argument("--model-name", required=True, help="the cell's model name in the config")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("aggregate", help="collect summary.json files into summary.csv")
+    s.add_argument("--out", required=True)
+    s.add_argument("summaries", nargs="+")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="render the paper-layout tables from summary.csv")
+    s.add_argument("--summary", required=True)
+    s.add_argument("--out", required=True, help="report directory")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("generate", help="run one decoder on one prompt")
+    s.add_argument("--model", required=True)
+    s.add_argument("--adapter")
+    s.add_argument("--decoder", required=True)
+    s.add_argument("--param", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=48)
+    s.add_argument("--stop", nargs="*")
+    s.add_argument("--json", action="store_true", help="print the whole Generation record")
+    s.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

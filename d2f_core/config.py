@@ -1,0 +1,56 @@
+"""The workflow config turned into cells: model x benchmark x decoder x params, with sweeps expanded.
+
+A cell entry's parameter given as a list is a sweep axis; the product of all axes becomes one cell each. Names are
+checked against the registries here, so a typo fails before anything runs, with the valid names in the message.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from d2f_core.bench.benchmarks import BENCHMARKS
+from d2f_core.bench.runner import params_label
+from d2f_core.decode.base import decoder_names, decoder_params
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str  # a model or an adapter name from the config
+    benchmark: str
+    decoder: str
+    params: str  # the directory label, key~value pairs joined by ','
+
+    def path(self, profile: str) -> str:
+        return f"results/{profile}/{self.model}/{self.benchmark}/{self.decoder}/{self.params}"
+
+
+def model_names(config: dict) -> list[str]:
+    return list(config["models"]) + list(config.get("adapters", {}))
+
+
+def expand_cells(config: dict) -> list[Cell]:
+    cells, names = [], model_names(config)
+    for i, entry in enumerate(config["cells"]):
+        where = f"cells[{i}]"
+        if entry["model"] not in names:
+            raise ValueError(f"{where}.model: unknown model {entry['model']!r}; valid: {', '.join(names)}")
+        if entry["decoder"] not in decoder_names():
+            raise ValueError(f"{where}.decoder: unknown decoder {entry['decoder']!r}; "
+                             f"valid: {', '.join(decoder_names())}")
+        valid = decoder_params(entry["decoder"])
+        params = entry.get("params", {})
+        for key in params:
+            if key not in valid:
+                raise ValueError(f"{where}.params: decoder {entry['decoder']!r} has no parameter {key!r}; "
+                                 f"valid: {', '.join(valid) or 'none'}")
+        benchmarks = entry.get("benchmarks", list(config["data"]["benchmarks"]))
+        for b in benchmarks:
+            if b not in BENCHMARKS or b not in config["data"]["benchmarks"]:
+                raise ValueError(f"{where}.benchmarks: unknown benchmark {b!r}; "
+                                 f"valid: {', '.join(config['data']['benchmarks'])}")
+        axes = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
+        for values in itertools.product(*axes.values()):
+            label = params_label(dict(zip(axes, values)))
+            cells += [Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks]
+    return list(dict.fromkeys(cells))  # duplicates across entries collapse to one cell

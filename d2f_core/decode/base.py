@@ -1,0 +1,130 @@
+"""The decoder contract and registry (DESIGN §4).
+
+A decoder is built from a loaded model and typed parameters and exposes `generate(prompt_ids, max_new_tokens, stop)`
+at batch size 1. Timing is not its business: the cell runner times `generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from d2f_core.model.load import LoadedModel
+
+
+@dataclass
+class Generation:
+    tokens: list[int]  # the answer: up to, not including, the first EOS or completed stop string
+    canvas_tokens: list[int]  # every position the decoder materialised (diffusion canvases include EOS fill)
+    forwards: int  # model forward passes
+    forward_positions: int  # query positions processed over all forwards
+    text: str = ""  # the decoded answer (same cut as `tokens`)
+    trace: list[tuple[int, int, int]] | None = None  # per committed token: (step, answer position, block)
+
+
+class Decoder:
+    """Base class: subclasses set `Params` (a dataclass of their parameters) and implement `generate`."""
+
+    name: str = ""
+    Params: type = None
+
+    def __init__(self, lm: LoadedModel, params):
+        self.lm, self.p = lm, params
+        self.check()
+
+    def check(self) -> None:
+        """Reject a model this decoder cannot drive (e.g. diffusion decoding of an AR model)."""
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
+        raise NotImplementedError
+
+    def finish(self, canvas: list[int], stop, forwards: int, positions: int, trace=None) -> Generation:
+        tokens, text = truncate(self.lm.tokenizer, canvas, self.lm.eos_id, stop)
+        return Generation(tokens, list(canvas), forwards, positions, text, trace)
+
+
+def truncate(tokenizer, ids: list[int], eos_id: int, stop) -> tuple[list[int], str]:
+    """Cut at the first EOS, then before the first completed stop string; returns (token ids, text)."""
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = min((i for i in (text.find(s) for s in stop or ()) if i >= 0), default=-1)
+    if cut < 0:
+        return list(ids), text
+    n = 0  # longest token prefix whose text ends at or before the stop string
+    while n < len(ids) and len(tokenizer.decode(ids[: n + 1], skip_special_tokens=True)) <= cut:
+        n += 1
+    return list(ids[:n]), text[:cut]
+
+
+DECODERS: dict[str, type[Decoder]] = {}
+
+
+def register_decoder(name: str) -> Callable[[type[Decoder]], type[Decoder]]:
+    def wrap(cls: type[Decoder]) -> type[Decoder]:
+        if name in DECODERS:
+            raise ValueError(f"decoder {name!r} registered twice")
+        assert dataclasses.is_dataclass(cls.Params), f"{cls.__name__}.Params must be a dataclass"
+        cls.name = name
+        DECODERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def decoder_names() -> list[str]:
+    _load_builtin()
+    return sorted(DECODERS)
+
+
+def decoder_params(name: str) -> dict[str, object]:
+    """The parameters of decoder `name` with their defaults."""
+    cls = _lookup(name)
+    return {f.name: f.default for f in dataclasses.fields(cls.Params)}
+
+
+def build_decoder(name: str, lm: LoadedModel, **params) -> Decoder:
+    """Build a registered decoder; string values (from the CLI or a path) are converted to the field's type."""
+    cls = _lookup(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(f"decoder {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(fields)}")
+    typed = {k: _coerce(v, type(fields[k].default), f"{name}.{k}") for k, v in params.items()}
+    return cls(lm, cls.Params(**typed))
+
+
+def _lookup(name: str) -> type[Decoder]:
+    _load_builtin()
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(sorted(DECODERS))}")
+    return DECODERS[name]
+
+
+def _coerce(value, kind: type, label: str):
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            if str(value).lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return str(value).lower() in ("true", "1")
+        if kind is int:
+            return int(float(value)) if float(value).is_integer() else int(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label}: cannot read {value!r} as {kind.__name__}") from None
+
+
+def _load_builtin() -> None:
+    """Import the modules that register the built-in decoders (once)."""
+    import baselines.ar  # noqa: F401
+    import baselines.vanilla  # noqa: F401
+
+
+def no_grad_generate(fn):
+    """Decoders never need autograd; this also keeps them fast."""
+    return torch.inference_mode()(fn)

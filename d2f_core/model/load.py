@@ -1,0 +1,67 @@
+"""Load a model directory (plus an optional peft adapter) with the diffusion facts its config.json carries.
+
+A model directory says what it is: `d2f_family` (`ar`, `llada` or `dream`), `mask_token_id` and `logit_shift` live in
+its config, so decoders need no side channel. Checkpoints without them are plain AR models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+FAMILIES = ("ar", "llada", "dream")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    family: str  # ar | llada | dream
+    mask_id: int | None
+    eos_id: int
+    shift: int  # 1 when position i is predicted from hidden state i-1 (AR and Dream), else 0 (LLaDA)
+    path: str
+    adapter: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def set_diffusion_facts(config, family: str, mask_token_id: int | None) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
+    config.d2f_family = family
+    config.mask_token_id = mask_token_id
+    config.logit_shift = family in ("ar", "dream")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool = False,
+               device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no model at {path} (config.json missing); build it with `snakemake --cores all` "
+                                f"or point --model at a saved transformers checkpoint")
+    device = torch.device(device) if device else default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    if adapter is not None:
+        from d2f_core.model.adapters import apply_adapter
+
+        model = apply_adapter(model, adapter, merge=merge)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cfg = model.config
+    family = getattr(cfg, "d2f_family", "ar")
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, family=family, mask_id=getattr(cfg, "mask_token_id", None),
+        eos_id=tokenizer.eos_token_id, shift=int(getattr(cfg, "logit_shift", family != "llada")),
+        path=str(path), adapter=str(adapter) if adapter else None,
+    )

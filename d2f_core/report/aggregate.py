@@ -1,0 +1,31 @@
+"""Collect every cell's summary.json into summary.csv: one row per cell, the table every report reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from d2f_core.bench.io import atomic_write_text
+
+LIST_COLUMNS = ("score_ci", "tps_ci", "score_flexible_ci")
+
+
+def flatten(summary: dict) -> dict:
+    row = {k: v for k, v in summary.items() if k not in ("device", "versions", "params", *LIST_COLUMNS)}
+    row["params"] = ",".join(f"{k}~{v}" for k, v in sorted(summary["params"].items())) or "default"
+    for key in LIST_COLUMNS:
+        lo, hi = summary.get(key) or (None, None)
+        row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+    device = summary.get("device") or {}
+    row["hardware"] = device.get("gpu") or device.get("cpu")
+    row["torch"] = (summary.get("versions") or {}).get("torch")
+    return row
+
+
+def aggregate(summary_files: list[str], out_csv: str) -> pd.DataFrame:
+    rows = [flatten(json.loads(Path(f).read_text())) for f in summary_files]
+    df = pd.DataFrame(rows).sort_values(["benchmark", "model", "decoder", "params"]).reset_index(drop=True)
+    atomic_write_text(out_csv, df.to_csv(index=False))
+    return df

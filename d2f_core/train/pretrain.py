@@ -1,0 +1,168 @@
+"""Train the tiny models on CPU: an AR baseline, and LLaDA- / Dream-style masked-diffusion teachers.
+
+- `ar`: causal LM loss on answer + EOS.
+- `llada` / `dream`: the LLaDA objective. The prompt stays clean, the answer (+ EOS padding to the generation length)
+  is masked with ratio t ~ U(eps, 1) per sample, and cross-entropy on masked positions is weighted 1/t and averaged over
+  answer positions. Attention is bidirectional. Dream shifts logits right by one (position i is predicted from hidden
+  state i-1); LLaDA does not.
+
+Both diffusion teachers start from the AR checkpoint (`init`): from scratch, LLaDA-style training reaches only 9-22% in
+4-8 minutes here (calibration.md), while the AR model's representations carry over.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from d2f_core.bench.benchmarks import get_benchmark
+from d2f_core.model.load import set_diffusion_facts
+from d2f_core.model.masks import additive
+from d2f_core.train.corpora import read_jsonl
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 50
+    max_minutes: float = 4.0  # safety cap: the schedule follows max(step, time) progress, so a slow machine anneals
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def encode_pairs(data_dir: str | Path, benchmarks: list[str], tokenizer) -> list[list[tuple[list[int], list[int]]]]:
+    """Per benchmark, (prompt ids, answer ids + EOS) for every training row.
+
+    Batches are drawn from one benchmark at a time: their lengths differ, and mixing them in a batch wastes compute on
+    padding.
+    """
+    groups = []
+    for name in benchmarks:
+        bench = get_benchmark(name)
+        rows = read_jsonl(bench.train_file(data_dir))
+        prompts = tokenizer([bench.prompt(r) for r in rows]).input_ids
+        answers = tokenizer([bench.completion(r) for r in rows]).input_ids
+        groups.append([(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers)])
+    return groups
+
+
+def new_llama(tokenizer, hidden_size: int, layers: int, heads: int, intermediate_size: int,
+              max_positions: int = 256) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, intermediate_size=intermediate_size, max_position_embeddings=max_positions,
+        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    set_diffusion_facts(config, "ar", None)
+    return LlamaForCausalLM(config)
+
+
+def ar_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """Next-token cross-entropy on answer + EOS (right padding needs no mask under causal attention)."""
+    T = max(len(p) + len(a) for p, a in batch)
+    ids = torch.full((len(batch), T), pad_id)
+    labels = torch.full((len(batch), T), -100)
+    for i, (p, a) in enumerate(batch):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[i, len(p): len(p) + len(a)] = torch.tensor(a)
+    return model(input_ids=ids, labels=labels).loss
+
+
+def diffusion_batch(batch, pad_id: int, eos_id: int, gen_length: int):
+    """Prompt + answer padded with EOS to `gen_length`, right-padded with <pad> to a common length.
+
+    Returns ids [B, T], answer-position flags [B, T] and key-padding bool [B, T].
+    """
+    T = max(len(p) for p, _ in batch) + gen_length
+    ids = torch.full((len(batch), T), pad_id)
+    answer = torch.zeros((len(batch), T), dtype=torch.bool)
+    for i, (p, a) in enumerate(batch):
+        if len(a) > gen_length:
+            raise ValueError(f"an answer of {len(a)} tokens exceeds gen_length {gen_length}; raise gen_length")
+        ids[i, : len(p) + gen_length] = torch.tensor(p + a + [eos_id] * (gen_length - len(a)))
+        answer[i, len(p): len(p) + gen_length] = True
+    return ids, answer, ids != pad_id
+
+
+def masked_diffusion_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, shift: int, gen_length: int,
+                          eps: float = 1e-3) -> torch.Tensor:
+    ids, answer, keys = diffusion_batch(batch, pad_id, eos_id, gen_length)
+    t = torch.rand(len(batch), 1) * (1 - eps) + eps
+    masked = answer & (torch.rand(ids.shape) < t)
+    noisy = ids.masked_fill(masked, mask_id)
+    attend = keys[:, None, :].expand(-1, ids.shape[1], -1)  # bidirectional over real tokens
+    logits = model(input_ids=noisy, attention_mask=additive(attend, model.dtype)).logits
+    if shift:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position i predicted from hidden state i-1
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
+    return (ce / t.expand_as(ids)[masked]).sum() / answer.sum()
+
+
+def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
+    """AdamW with linear warm-up and cosine decay over progress = max(steps done, time used) of the budget."""
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    model.train()
+    start, losses, step = time.perf_counter(), [], 0
+    bar = tqdm(total=cfg.steps, desc=desc, mininterval=5)
+    while step < cfg.steps:
+        progress = max(step / cfg.steps, (time.perf_counter() - start) / (60 * cfg.max_minutes))
+        if progress >= 1:
+            tqdm.write(f"{desc}: time cap of {cfg.max_minutes} min reached at step {step}/{cfg.steps}")
+            break
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        loss = loss_fn(model, rng.sample(groups[step % len(groups)], cfg.batch_size))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
+    bar.close()
+    model.eval()
+    return {"steps": step, "seconds": round(time.perf_counter() - start, 1),
+            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+
+
+def train_model(family: str, data_dir: str, tokenizer_dir: str, out_dir: str, benchmarks: list[str],
+                cfg: TrainConfig, gen_length: int, arch: dict | None = None, init: str | None = None) -> dict:
+    """Train one tiny model and save it (safetensors + tokenizer + diffusion facts in config.json)."""
+    tokenizer = AutoTokenizer.from_pretrained(init or tokenizer_dir)
+    if init:
+        model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    elif arch:
+        model = new_llama(tokenizer, **arch)
+    else:
+        raise ValueError(f"model {out_dir}: give either `init` (a checkpoint to start from) or `arch`")
+    set_diffusion_facts(model.config, family, None if family == "ar" else tokenizer.mask_token_id)
+    groups = encode_pairs(data_dir, benchmarks, tokenizer)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if family == "ar":
+        def loss_fn(m, b):
+            return ar_loss(m, b, pad)
+    else:
+        shift = int(model.config.logit_shift)
+
+        def loss_fn(m, b):
+            return masked_diffusion_loss(m, b, pad, eos, tokenizer.mask_token_id, shift, gen_length)
+    stats = fit(model, loss_fn, groups, cfg, desc=f"train {Path(out_dir).name}")
+    stats["parameters"] = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return stats
