@@ -17,6 +17,11 @@ def _kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _mix(benchmarks: list[str]) -> dict[str, int]:
+    """`name[:weight]` items -> {name: weight}."""
+    return {name: int(weight or 1) for name, _, weight in (b.partition(":") for b in benchmarks)}
+
+
 def cmd_data(a) -> None:
     from d2f_core.bench.benchmarks import get_benchmark
     from d2f_core.bench.io import rewrite_jsonl
@@ -52,8 +57,25 @@ def cmd_train(a) -> None:
         torch.set_num_threads(a.threads)
     arch = {k: int(v) for k, v in _kv(a.arch).items()} or None
     cfg = TrainConfig(**{k: type(getattr(TrainConfig, k))(v) for k, v in _kv(a.set).items()})
-    stats = train_model(a.family, a.data, a.tokenizer, a.out, a.benchmarks, cfg, a.gen_length, arch, a.init)
+    stats = train_model(a.family, a.data, a.tokenizer, a.out, _mix(a.benchmarks), cfg, a.gen_length, arch, a.init)
     atomic_write_json(f"{a.out}/train_stats.json", {"family": a.family, "init": a.init, **vars(cfg), **stats})
+    print(json.dumps(stats))
+
+
+def cmd_distill(a) -> None:
+    import torch
+
+    from d2f_core.bench.io import atomic_write_json
+    from d2f_core.train.distill import LoraSpec, distill
+    from d2f_core.train.pretrain import TrainConfig
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = TrainConfig(**{k: type(getattr(TrainConfig, k))(v) for k, v in _kv(a.set).items()})
+    lora = LoraSpec(r=a.lora_r, alpha=a.lora_alpha, dropout=a.lora_dropout)
+    stats = distill(a.base, a.data, a.out, _mix(a.benchmarks), cfg, lora, a.gen_length, a.block_size)
+    atomic_write_json(f"{a.out}/distill_stats.json", {"base": a.base, "block_size": a.block_size, **vars(cfg),
+                                                       "lora": vars(lora), **stats})
     print(json.dumps(stats))
 
 
@@ -122,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--family", choices=["ar", "llada", "dream"], required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--tokenizer", required=True)
-    s.add_argument("--benchmarks", nargs="+", required=True)
+    s.add_argument("--benchmarks", nargs="+", required=True, metavar="NAME[:WEIGHT]",
+                   help="training sets; a weight gives a benchmark that many batches per cycle (default 1)")
     s.add_argument("--out", required=True)
     s.add_argument("--init", help="checkpoint to start from (diffusion teachers start from the AR model)")
     s.add_argument("--arch", nargs="*", metavar="KEY=VALUE", help="hidden_size, layers, heads, intermediate_size")
@@ -130,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-length", type=int, default=48, help="diffusion canvas length (answers are EOS-padded)")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("distill", help="distil a diffusion teacher into a block-causal LoRA student (D2F)")
+    s.add_argument("--base", required=True, help="the teacher model directory (llada or dream family)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--benchmarks", nargs="+", required=True, metavar="NAME[:WEIGHT]")
+    s.add_argument("--out", required=True, help="adapter directory")
+    s.add_argument("--block-size", type=int, default=16, help="training block size of the noise schedule")
+    s.add_argument("--lora-r", type=int, default=32)
+    s.add_argument("--lora-alpha", type=int, default=32)
+    s.add_argument("--lora-dropout", type=float, default=0.1)
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="TrainConfig fields: steps, batch_size, lr, ...")
+    s.add_argument("--gen-length", type=int, default=48)
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_distill)
 
     s = sub.add_parser("decode", help="decode one cell and time every generate call")
     s.add_argument("--model", required=True)

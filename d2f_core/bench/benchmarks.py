@@ -44,7 +44,7 @@ def score_gsm(row: dict, output: str) -> dict:
 
 
 def score_code(row: dict, output: str) -> dict:
-    outcome = run_untrusted(output + "\n\n" + "\n".join(row["tests"]) + "\n")
+    outcome = run_untrusted(output.strip() + "\n\n" + "\n".join(row["tests"]) + "\n")
     return {"correct": outcome.passed, "sandbox": outcome.status, "sandbox_detail": outcome.detail}
 
 

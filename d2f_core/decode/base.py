@@ -123,6 +123,7 @@ def _load_builtin() -> None:
     """Import the modules that register the built-in decoders (once)."""
     import baselines.ar  # noqa: F401
     import baselines.vanilla  # noqa: F401
+    import d2f_core.decode.d2f  # noqa: F401
 
 
 def no_grad_generate(fn):

@@ -17,32 +17,31 @@ NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jack
 ITEMS = ["pens", "apples", "cards", "coins", "books", "shells", "stamps", "marbles", "cookies", "stickers", "toys",
          "rocks"]
 FUNC_NAMES = ["f", "g", "h", "calc", "solve", "score", "value", "check", "step", "apply", "total", "pick"]
-MAX_TOTAL = 40
+MAX_TOTAL = 20
 
 
 def gsm_problem(rng: random.Random) -> dict:
     """A 2-3 step word problem over single-digit operands; the running total stays in 0..MAX_TOTAL."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     total = rng.randint(1, 9)
-    sentences, steps = [f"{name} has {total} {item}."], []
+    clauses, steps = [f"{name} has {total} {item}"], []
     for _ in range(rng.randint(2, 3)):
-        moves = [m for m in ("add", "sub", "double") if _allowed(m, total)]
-        move = rng.choice(moves)
+        move = rng.choice([m for m in ("add", "sub", "double") if _allowed(m, total)])
         if move == "add":
             n = rng.randint(1, min(9, MAX_TOTAL - total))
-            sentences.append(f"Then {name} gets {n} more.")
+            clauses.append(f"gets {n} more")
             steps.append(f"{total} + {n} = {total + n}.")
             total += n
         elif move == "sub":
             n = rng.randint(1, min(9, total))
-            sentences.append(f"Then {name} gives away {n}.")
+            clauses.append(f"gives away {n}")
             steps.append(f"{total} - {n} = {total - n}.")
             total -= n
         else:
-            sentences.append(f"Then {name} doubles them.")
+            clauses.append("doubles them")
             steps.append(f"{total} * 2 = {total * 2}.")
             total *= 2
-    question = " ".join(sentences) + f" How many {item} does {name} have?"
+    question = ", then ".join(clauses) + f". How many {item} now?"
     return {"question": question, "answer": " ".join(steps) + f" #### {total}", "target": str(total)}
 
 

@@ -40,19 +40,19 @@ class TrainConfig:
     seed: int = 0
 
 
-def encode_pairs(data_dir: str | Path, benchmarks: list[str], tokenizer) -> list[list[tuple[list[int], list[int]]]]:
-    """Per benchmark, (prompt ids, answer ids + EOS) for every training row.
+def encode_pairs(data_dir: str | Path, mix: dict[str, int], tokenizer) -> list[list[tuple[list[int], list[int]]]]:
+    """Batch sources: per benchmark, (prompt ids, answer ids + EOS) for every training row, listed `mix[name]` times.
 
-    Batches are drawn from one benchmark at a time: their lengths differ, and mixing them in a batch wastes compute on
-    padding.
+    Batches are drawn from one benchmark at a time, cycling through this list: lengths differ between benchmarks, and
+    mixing them in a batch wastes compute on padding; the weights give the harder benchmark more of the budget.
     """
     groups = []
-    for name in benchmarks:
+    for name, weight in mix.items():
         bench = get_benchmark(name)
         rows = read_jsonl(bench.train_file(data_dir))
         prompts = tokenizer([bench.prompt(r) for r in rows]).input_ids
         answers = tokenizer([bench.completion(r) for r in rows]).input_ids
-        groups.append([(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers)])
+        groups += [[(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers)]] * weight
     return groups
 
 
@@ -113,7 +113,8 @@ def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
     """AdamW with linear warm-up and cosine decay over progress = max(steps done, time used) of the budget."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA only, under peft
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     model.train()
     start, losses, step = time.perf_counter(), [], 0
     bar = tqdm(total=cfg.steps, desc=desc, mininterval=5)
@@ -128,7 +129,7 @@ def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
         loss = loss_fn(model, rng.sample(groups[step % len(groups)], cfg.batch_size))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         losses.append(loss.item())
         step += 1
@@ -136,11 +137,12 @@ def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", refresh=False)
     bar.close()
     model.eval()
+    window = max(1, min(20, len(losses) // 4))
     return {"steps": step, "seconds": round(time.perf_counter() - start, 1),
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+            "first_loss": sum(losses[:window]) / window, "final_loss": sum(losses[-window:]) / window}
 
 
-def train_model(family: str, data_dir: str, tokenizer_dir: str, out_dir: str, benchmarks: list[str],
+def train_model(family: str, data_dir: str, tokenizer_dir: str, out_dir: str, mix: dict[str, int],
                 cfg: TrainConfig, gen_length: int, arch: dict | None = None, init: str | None = None) -> dict:
     """Train one tiny model and save it (safetensors + tokenizer + diffusion facts in config.json)."""
     tokenizer = AutoTokenizer.from_pretrained(init or tokenizer_dir)
@@ -151,7 +153,7 @@ def train_model(family: str, data_dir: str, tokenizer_dir: str, out_dir: str, be
     else:
         raise ValueError(f"model {out_dir}: give either `init` (a checkpoint to start from) or `arch`")
     set_diffusion_facts(model.config, family, None if family == "ar" else tokenizer.mask_token_id)
-    groups = encode_pairs(data_dir, benchmarks, tokenizer)
+    groups = encode_pairs(data_dir, mix, tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     if family == "ar":
         def loss_fn(m, b):

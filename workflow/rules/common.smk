@@ -11,9 +11,17 @@ CELLS = expand_cells(config)
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in model_names(config)),
+    adapter="|".join(re.escape(a) for a in config.get("adapters", {})) or "^$",
     benchmark="|".join(re.escape(b) for b in BENCHMARKS),
-    decoder="[a-z_]+",
+    decoder="[a-z0-9_]+",
     params="[^/]+",
+
+
+def get_train_mix():
+    return [
+        f"{b}:{spec.get('weight', 1)}"
+        for b, spec in config["data"]["benchmarks"].items()
+    ]
 
 
 def get_data_sizes(wildcards):
@@ -22,7 +30,14 @@ def get_data_sizes(wildcards):
 
 
 def model_weights(name):
+    if name in config.get("adapters", {}):
+        return f"{MODELS}/{name}/adapter_model.safetensors"
     return f"{MODELS}/{name}/model.safetensors"
+
+
+def base_model(name):
+    """The model a cell runs on: an adapter's base, or the model itself."""
+    return config.get("adapters", {}).get(name, {}).get("base", name)
 
 
 def get_train_inputs(wildcards):
@@ -47,15 +62,43 @@ def get_train_args(wildcards):
     return " ".join(args)
 
 
-def get_decode_inputs(wildcards):
+def get_distill_inputs(wildcards):
     return {
-        "model": model_weights(wildcards.model),
-        "data": f"{DATA}/{wildcards.benchmark}.test.jsonl",
+        "base": model_weights(config["adapters"][wildcards.adapter]["base"]),
+        "data": expand("{data}/{b}.train.jsonl", data=DATA, b=BENCHMARKS),
     }
 
 
+def get_distill_args(wildcards):
+    spec = config["adapters"][wildcards.adapter]
+    lora = spec.get("lora", {})
+    args = [
+        f"--base {MODELS}/{spec['base']}",
+        f"--block-size {spec['block_size']}",
+        f"--gen-length {config['gen_length']}",
+    ]
+    args += [f"--lora-{k} {v}" for k, v in lora.items()]
+    args.append("--set " + " ".join(f"{k}={v}" for k, v in spec["train"].items()))
+    return " ".join(args)
+
+
+def get_decode_inputs(wildcards):
+    inputs = {
+        "model": model_weights(base_model(wildcards.model)),
+        "data": f"{DATA}/{wildcards.benchmark}.test.jsonl",
+    }
+    if wildcards.model in config.get("adapters", {}):
+        inputs["adapter"] = model_weights(wildcards.model)
+    return inputs
+
+
 def get_decode_args(wildcards):
-    args = [f"--warmup {config['warmup']}"]
+    args = [
+        f"--model {MODELS}/{base_model(wildcards.model)}",
+        f"--warmup {config['warmup']}",
+    ]
+    if wildcards.model in config.get("adapters", {}):
+        args.append(f"--adapter {MODELS}/{wildcards.model}")
     if config.get("limit"):
         args.append(f"--limit {config['limit']}")
     return " ".join(args)

@@ -17,7 +17,7 @@ rule decode:
         args=get_decode_args,
         max_new_tokens=config["gen_length"],
     shell:
-        "d2f decode {params.args} --model $(dirname {input.model}) --benchmark {wildcards.benchmark} "
+        "d2f decode {params.args} --benchmark {wildcards.benchmark} "
         "--data $(dirname {input.data}) --decoder {wildcards.decoder} --params {wildcards.params:q} "
         "--max-new-tokens {params.max_new_tokens} --threads {threads} --out $(dirname {output.meter}) "
         "> {log} 2>&1"

@@ -1,0 +1,69 @@
+"""The cell runner: metered decoding, resume after a kill, failures recorded without losing other cells."""
+
+import json
+
+import pytest
+
+from d2f_core.bench.io import read_jsonl_tolerant
+from d2f_core.bench.runner import params_label, parse_params, run_cell
+from d2f_core.bench.scoring import score_cell
+from d2f_core.report.aggregate import aggregate
+from d2f_core.report.tables import write_tables
+
+
+def test_params_label_round_trip():
+    params = {"steps": 48, "block_size": 16, "remasking": "low_confidence"}
+    label = params_label(params)
+    assert label == "block_size~16,remasking~low_confidence,steps~48"
+    assert parse_params(label) == {k: str(v) for k, v in params.items()} and parse_params("default") == {}
+    with pytest.raises(ValueError, match="key~value"):
+        parse_params("block_size=16")
+
+
+def _cell(model_dirs, data_dir, out, decoder="vanilla", params=None, model="llada", **kw):
+    return run_cell(str(model_dirs[model]), "tiny-gsm", str(data_dir), decoder, params or {"block_size": "8"}, 16,
+                    str(out), **kw)
+
+
+def test_cell_summary_on_cpu(model_dirs, data_dir, tmp_path):
+    rec = _cell(model_dirs, data_dir, tmp_path / "cell", limit=4)
+    assert rec["status"] == "ok" and rec["meter"]["energy_j"] is None and rec["meter"]["memory_peak_mb"] is None
+    s = score_cell(str(tmp_path / "cell"), str(data_dir), "test", "tiny-llada")
+    assert s["status"] == "ok" and s["n"] == 4 and s["nfe"] == 16
+    assert s["tps"] > 0 and s["tps_ci"][0] <= s["tps"] <= s["tps_ci"][1]
+    assert s["energy_j"] is None and s["j_per_token"] is None and s["power_mean_w"] is None
+    assert len(read_jsonl_tolerant(tmp_path / "cell" / "samples.jsonl")) == 4
+
+
+def test_killed_cell_resumes_from_its_partial_log(model_dirs, data_dir, tmp_path):
+    out = tmp_path / "cell"
+    _cell(model_dirs, data_dir, out, limit=2)
+    done = read_jsonl_tolerant(out / "generations.jsonl")
+    # simulate a kill after two problems, mid-way through writing the third line
+    (out / "generations.jsonl").rename(out / "generations.partial.jsonl")
+    with open(out / "generations.partial.jsonl", "a") as f:
+        f.write('{"id": "torn')
+    rec = _cell(model_dirs, data_dir, out, limit=5)
+    rows = read_jsonl_tolerant(out / "generations.jsonl")
+    assert rec["resumed_from"] == 2 and [r["id"] for r in rows[:2]] == [r["id"] for r in done]
+    assert len(rows) == 5 and len({r["id"] for r in rows}) == 5
+
+
+def test_failed_cell_is_recorded_and_aggregated_beside_ok_cells(model_dirs, data_dir, tmp_path):
+    ok, bad = tmp_path / "ok", tmp_path / "bad"
+    _cell(model_dirs, data_dir, ok, limit=2)
+    rec = _cell(model_dirs, data_dir, bad, decoder="vanilla", model="ar", limit=2)  # vanilla cannot drive an AR model
+    assert rec["status"] == "failed" and "masked-diffusion" in rec["error"]
+    summaries = [score_cell(str(d), str(data_dir), "test", name) for d, name in ((ok, "tiny-llada"), (bad, "tiny-ar"))]
+    assert [s["status"] for s in summaries] == ["ok", "failed"]
+    df = aggregate([str(ok / "summary.json"), str(bad / "summary.json")], str(tmp_path / "summary.csv"))
+    assert sorted(df["status"]) == ["failed", "ok"]
+    write_tables(str(tmp_path / "summary.csv"), str(tmp_path / "report"))
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "failed" in table and "tiny-llada" in table
+
+
+def test_missing_model_names_the_path(data_dir, tmp_path):
+    rec = run_cell(str(tmp_path / "nowhere"), "tiny-gsm", str(data_dir), "ar", {}, 8, str(tmp_path / "cell"))
+    assert rec["status"] == "failed" and "nowhere" in rec["error"] and "snakemake" in rec["error"]
+    assert json.loads((tmp_path / "cell" / "meter.json").read_text())["status"] == "failed"

@@ -1,0 +1,93 @@
+"""The DAG's config checks, lint and formatting, and the CLI that every rule calls."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from d2f_core.config import expand_cells
+from d2f_core.decode.base import decoder_names
+
+from conftest import REPO
+
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+CONFIGS = ["tiny", "ci"]
+
+
+def load(name):
+    return yaml.safe_load((REPO / f"workflow/config/{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_validate_and_expand(name):
+    config = load(name)
+    validate(config, SCHEMA)
+    cells = expand_cells(config)
+    assert {c.decoder for c in cells} >= {"ar", "vanilla", "d2f"}
+    assert len({c.path(config["profile"]) for c in cells}) == len(cells)
+
+
+def test_schema_lists_every_registered_decoder():
+    schema = yaml.safe_load(open(SCHEMA))
+    assert schema["properties"]["cells"]["items"]["properties"]["decoder"]["enum"] == decoder_names()
+
+
+def test_unknown_decoder_is_rejected_with_the_valid_names():
+    config = load("tiny")
+    config["cells"][0]["decoder"] = "turbo"
+    with pytest.raises(WorkflowError) as e:
+        validate(config, SCHEMA)
+    assert "'turbo' is not one of" in str(e.value) and "'vanilla'" in str(e.value)
+    with pytest.raises(ValueError, match=r"cells\[0\].decoder: unknown decoder 'turbo'; valid: ar, d2f"):
+        expand_cells(config)
+
+
+def test_unknown_parameter_and_model_are_named():
+    config = load("tiny")
+    bad = copy.deepcopy(config)
+    bad["cells"][1]["params"]["blocksize"] = 8
+    with pytest.raises(ValueError, match="has no parameter 'blocksize'; valid: block_size"):
+        expand_cells(bad)
+    bad = copy.deepcopy(config)
+    bad["cells"][0]["model"] = "gpt-5"
+    with pytest.raises(ValueError, match="unknown model 'gpt-5'; valid: tiny-ar"):
+        expand_cells(bad)
+
+
+def test_sweep_axes_expand_to_the_product():
+    config = load("tiny")
+    config["cells"] = [{"model": "tiny-llada-d2f", "decoder": "d2f", "benchmarks": ["tiny-gsm"],
+                        "params": {"tau_add": [0.1, 0.5, 0.9], "tau_conf": [0.9, 0.7], "block_size": 8}}]
+    cells = expand_cells(config)
+    assert len(cells) == 6 and cells[0].params == "block_size~8,tau_add~0.1,tau_conf~0.9"
+
+
+def _run(*args):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+
+
+def test_snakemake_lint_is_clean():
+    out = _run(sys.executable, "-m", "snakemake", "--lint")
+    assert out.returncode == 0 and "Congratulations" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_snakefmt_check_passes():
+    out = _run(sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_dry_run_builds_the_dag(name):
+    out = _run(sys.executable, "-m", "snakemake", "-n", "--configfile", f"workflow/config/{name}.yaml")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "decode" in out.stdout and "distill" in out.stdout
+
+
+def test_cli_help_lists_every_step():
+    out = _run(sys.executable, "-m", "d2f_core.cli", "--help")
+    for step in ("data", "tokenizer", "train", "distill", "decode", "score", "aggregate", "report", "generate"):
+        assert step in out.stdout
