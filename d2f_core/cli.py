@@ -91,22 +91,37 @@ def cmd_decode(a) -> None:
 def cmd_score(a) -> None:
     from d2f_core.bench.scoring import score_cell
 
-    s = score_cell(a.cell, a.data, a.profile, a.model_name)
+    s = score_cell(a.cell, a.data, a.profile, a.model_name, a.base_model)
     print(f"{a.cell}: status {s['status']}, score {s.get('score')}, tps {s.get('tps')}")
 
 
 def cmd_aggregate(a) -> None:
     from d2f_core.report.aggregate import aggregate
 
-    df = aggregate(a.summaries, a.out)
+    df = aggregate(a.summaries, a.out, a.sweep or [])
     print(f"{len(df)} cells -> {a.out}")
 
 
 def cmd_report(a) -> None:
-    from d2f_core.report.tables import write_tables
+    from d2f_core.report.build import build_reports
 
-    write_tables(a.summary, a.out)
-    print(f"tables -> {a.out}")
+    build_reports(a.summary, a.out)
+    print(f"tables, Pareto plots and timelines -> {a.out}")
+
+
+def cmd_regress(a) -> None:
+    from d2f_core.report.regress import UnusableInput, regress, update_reference
+
+    try:
+        if a.update:
+            update_reference(a.summary, a.reference)
+            print(f"reference updated: {a.reference}")
+            return
+        code = regress(a.summary, a.reference, a.out, a.json, a.tolerance, a.speed_tolerance)
+    except UnusableInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code)
 
 
 def cmd_generate(a) -> None:
@@ -188,17 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--profile", required=True)
     s.add_argument("--model-name", required=True, help="the cell's model name in the config")
+    s.add_argument("--base-model", help="for an adapter: the model it was distilled from (speed-up reference)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("aggregate", help="collect summary.json files into summary.csv")
     s.add_argument("--out", required=True)
-    s.add_argument("summaries", nargs="+")
+    s.add_argument("summaries", nargs="+", help="the paper-table cells' summary.json files")
+    s.add_argument("--sweep", nargs="*", help="summary.json files of sweep cells (Pareto plots only)")
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("report", help="render the paper-layout tables from summary.csv")
+    s = sub.add_parser("report", help="render tables, Pareto plots and decoding timelines from summary.csv")
     s.add_argument("--summary", required=True)
     s.add_argument("--out", required=True, help="report directory")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("regress", help="CI gate: compare a run with a committed reference (exit 1 on a regression)")
+    s.add_argument("--summary", required=True, help="results/{profile}/summary.csv")
+    s.add_argument("--reference", required=True, help="results/reference/{profile}.csv")
+    s.add_argument("--out", help="write the comparison as Markdown (reports/{profile}/regression.md)")
+    s.add_argument("--json", help="write github-action-benchmark custom JSON (reports/{profile}/benchmark.json)")
+    s.add_argument("--tolerance", type=float, default=0.02, help="score drop always tolerated (absolute)")
+    s.add_argument("--speed-tolerance", type=float, default=0.25, help="tolerated drop of a TPS ratio (fraction)")
+    s.add_argument("--update", action="store_true", help="rewrite the reference from this run instead")
+    s.set_defaults(func=cmd_regress)
 
     s = sub.add_parser("generate", help="run one decoder on one prompt")
     s.add_argument("--model", required=True)

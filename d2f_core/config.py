@@ -29,10 +29,11 @@ def model_names(config: dict) -> list[str]:
     return list(config["models"]) + list(config.get("adapters", {}))
 
 
-def expand_cells(config: dict) -> list[Cell]:
+def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
+    """The cells of `config[key]`: `cells` (the paper's table rows) or `sweeps` (extra points for the Pareto plots)."""
     cells, names = [], model_names(config)
-    for i, entry in enumerate(config["cells"]):
-        where = f"cells[{i}]"
+    for i, entry in enumerate(config.get(key, [])):
+        where = f"{key}[{i}]"
         if entry["model"] not in names:
             raise ValueError(f"{where}.model: unknown model {entry['model']!r}; valid: {', '.join(names)}")
         if entry["decoder"] not in decoder_names():

@@ -19,7 +19,7 @@ from d2f_core.bench.stats import bootstrap_mean, bootstrap_ratio
 from d2f_core.train.corpora import read_jsonl
 
 
-def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str) -> dict:
+def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str, base_model: str | None = None) -> dict:
     cell = Path(cell_dir)
     run = json.loads((cell / "meter.json").read_text())
     bench = get_benchmark(run["benchmark"])
@@ -29,16 +29,19 @@ def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str) -> d
         verdict = {"correct": False} if s.get("error") else bench.score(rows[s["id"]], s["output"])
         samples.append({**s, **verdict})
     rewrite_jsonl(cell / "samples.jsonl", samples)
-    summary = summarize(samples, run, profile, model_name, bench.metric)
+    summary = summarize(samples, run, profile, model_name, base_model or model_name, bench.metric, cell_dir)
     atomic_write_json(cell / "summary.json", summary)
     return summary
 
 
-def summarize(samples: list[dict], run: dict, profile: str, model_name: str, metric: str) -> dict:
-    identity = {"profile": profile, "model": model_name, "adapter": run["adapter"], "benchmark": run["benchmark"],
+def summarize(samples: list[dict], run: dict, profile: str, model_name: str, base_model: str, metric: str,
+              cell_dir: str) -> dict:
+    identity = {"profile": profile, "model": model_name, "base_model": base_model, "adapter": run["adapter"],
+                "benchmark": run["benchmark"],
                 "decoder": run["decoder"], "params": run["params"], "max_new_tokens": run["max_new_tokens"]}
     out = {**identity, "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
-           "metric": metric, "status": run["status"], "error": run["error"], "n": len(samples),
+           "metric": metric, "cell_dir": str(cell_dir), "status": run["status"], "error": run["error"],
+           "n": len(samples),
            "device": run.get("device_info"), "versions": run["versions"], "git_sha": run["git_sha"]}
     ok = [s for s in samples if not s.get("error")]
     if run["status"] != "ok" or not ok:

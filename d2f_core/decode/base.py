@@ -122,6 +122,7 @@ def _coerce(value, kind: type, label: str):
 def _load_builtin() -> None:
     """Import the modules that register the built-in decoders (once)."""
     import baselines.ar  # noqa: F401
+    import baselines.fast_dllm  # noqa: F401
     import baselines.vanilla  # noqa: F401
     import d2f_core.decode.d2f  # noqa: F401
 

@@ -17,13 +17,15 @@ def backbone(model) -> torch.nn.Module:
 
 
 def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-    """input_ids [1, q]; attend bool [q, start + q] (cache + query); returns hidden [1, q, H].
+    """input_ids [1, q] at positions start..start+q-1; attend bool [q, cached + q]; returns hidden [1, q, H].
 
     With a cache, the query's K/V are appended to it (even without use_cache; roll back with `cache.crop(-n)`).
+    Cached keys carry their own positions (RoPE is applied before caching), so the cache need not be a prefix.
     """
     lm = backbone(model)
     q = input_ids.shape[1]
-    assert attend.shape == (q, start + q), f"mask {tuple(attend.shape)} != ({q}, {start + q})"
+    cached = cache.get_seq_length() if cache is not None else 0
+    assert attend.shape == (q, cached + q), f"mask {tuple(attend.shape)} != ({q}, {cached + q})"
     out = lm.model(
         input_ids=input_ids,
         attention_mask=additive(attend.to(input_ids.device), lm.dtype),

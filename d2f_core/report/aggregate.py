@@ -24,8 +24,11 @@ def flatten(summary: dict) -> dict:
     return row
 
 
-def aggregate(summary_files: list[str], out_csv: str) -> pd.DataFrame:
-    rows = [flatten(json.loads(Path(f).read_text())) for f in summary_files]
+def aggregate(summary_files: list[str], out_csv: str, sweep_files: list[str] = ()) -> pd.DataFrame:
+    """One row per cell; `in_table` marks the paper-table cells, the others come from sweeps (Pareto plots only)."""
+    table = set(summary_files)
+    files = list(dict.fromkeys([*summary_files, *sweep_files]))
+    rows = [{**flatten(json.loads(Path(f).read_text())), "in_table": f in table} for f in files]
     df = pd.DataFrame(rows).sort_values(["benchmark", "model", "decoder", "params"]).reset_index(drop=True)
     atomic_write_text(out_csv, df.to_csv(index=False))
     return df

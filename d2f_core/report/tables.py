@@ -1,4 +1,10 @@
-"""The paper's Table 1/2 layout from summary.csv: per benchmark, TPS, latency, generation length and score."""
+"""The paper's Table 1/2 layout from summary.csv: per benchmark, TPS, latency, generation length, score, speed-ups.
+
+Speed-ups are ratios of cells measured in the same run: against the vanilla cell on the same base model with the most
+forwards (one token per step, the paper's baseline row) and against the AR cell. Beside each, the answer-length ratio
+to that reference: a faster cell whose answers are under 90% of the reference length is flagged, so shorter answers
+never pass as speed (MLPerf's output-length rule).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,47 @@ import pandas as pd
 
 from d2f_core.bench.io import atomic_write_text
 
+LENGTH_GUARD = 0.9
 COLUMNS = {"model": "Model", "decoder": "Decoder", "params": "Params", "tps": "TPS", "tps_ci": "TPS 95% CI",
            "latency_mean": "Latency (s)", "tokens_mean": "Gen. length", "score": "Score", "score_ci": "Score 95% CI",
-           "nfe": "NFE", "tpf": "TPF", "status": "Status"}
+           "nfe": "NFE", "tpf": "TPF", "speedup_vanilla": "× vanilla", "speedup_ar": "× AR", "status": "Status"}
+
+
+def reference_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Per row, the index of its vanilla reference (same base model and benchmark) and of its AR reference."""
+    ok = df[df["status"] == "ok"]
+    vanilla = ok[ok["decoder"] == "vanilla"].sort_values("nfe").groupby(["benchmark", "base_model"]).tail(1)
+    ar = ok[ok["decoder"] == "ar"].sort_values("tps").groupby("benchmark").tail(1)
+    out = pd.DataFrame(index=df.index)
+    out["vanilla_ref"] = [_lookup(vanilla, benchmark=b, base_model=m) for b, m in zip(df["benchmark"], df["base_model"])]
+    out["ar_ref"] = [_lookup(ar, benchmark=b) for b in df["benchmark"]]
+    return out
+
+
+def _lookup(frame: pd.DataFrame, **keys):
+    hit = frame
+    for k, v in keys.items():
+        hit = hit[hit[k] == v]
+    return hit.index[0] if len(hit) else None
+
+
+def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    refs = reference_cells(df)
+    tps, length = (pd.to_numeric(df[c], errors="coerce") for c in ("tps", "tokens_mean"))
+    for kind in ("vanilla", "ar"):
+        ref = refs[f"{kind}_ref"]
+        df[f"speedup_{kind}"] = tps / pd.to_numeric(ref.map(tps.get), errors="coerce")
+        df[f"length_ratio_{kind}"] = length / pd.to_numeric(ref.map(length.get), errors="coerce")
+    return df
 
 
 def table_frame(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
+    out = add_speedups(df)
     out["tps_ci"] = [_ci(lo, hi, "{:.1f}") for lo, hi in zip(out["tps_ci_lo"], out["tps_ci_hi"])]
     out["score_ci"] = [_ci(lo, hi, "{:.3f}") for lo, hi in zip(out["score_ci_lo"], out["score_ci_hi"])]
+    for kind in ("vanilla", "ar"):
+        out[f"speedup_{kind}"] = [_speedup(x, r) for x, r in zip(out[f"speedup_{kind}"], out[f"length_ratio_{kind}"])]
     return out[["benchmark", *COLUMNS]]
 
 
@@ -24,16 +62,43 @@ def _ci(lo, hi, fmt: str) -> str:
     return "" if pd.isna(lo) else f"[{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
-def to_markdown(df: pd.DataFrame) -> str:
+def _speedup(x, length_ratio) -> str:
+    if pd.isna(x):
+        return ""
+    flag = f" ⚠ length {length_ratio:.2f}" if length_ratio < LENGTH_GUARD else ""
+    return f"{x:.2f}{flag}"
+
+
+def to_markdown(df: pd.DataFrame, columns: dict[str, str]) -> str:
     parts = []
     for bench, group in df.groupby("benchmark", sort=True):
-        parts.append(f"### {bench}\n\n" + group.drop(columns="benchmark").rename(columns=COLUMNS)
+        parts.append(f"### {bench}\n\n" + group[list(columns)].rename(columns=columns)
                      .to_markdown(index=False, floatfmt=".3g", missingval="—"))
     return "\n\n".join(parts) + "\n"
 
 
-def write_tables(summary_csv: str, out_dir: str) -> None:
-    df = table_frame(pd.read_csv(summary_csv))
+NOTE = (f"Speed-ups are same-run TPS ratios against the vanilla cell on the same base model with the most forwards "
+        f"and against the AR cell; ⚠ marks answers shorter than {LENGTH_GUARD:.0%} of the reference's.\n\n")
+PAPER = {"base_model": "Base model", "model": "Model", "decoder": "Decoder", "params": "Params", "tps": "TPS",
+         "latency_mean": "Latency (s)", "tokens_mean": "Gen. length", "score": "Score", "speedup_vanilla": "× vanilla",
+         "speedup_ar": "× AR"}
+ORDER = {"vanilla": 0, "fast_dllm": 1, "d2f": 2, "ar": 3}
+
+
+def paper_layout(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 1/2: per benchmark and base model, vanilla, Fast-dLLM and D2F rows, then the AR row."""
+    rows = df[df["in_table"]].copy()
+    rows["order"] = rows["decoder"].map(ORDER).fillna(9)
+    return rows.sort_values(["benchmark", "order", "base_model", "params"])
+
+
+def write_tables(summary_csv: str, out_dir: str) -> pd.DataFrame:
+    raw = pd.read_csv(summary_csv)
+    df = pd.concat([raw[["base_model", "in_table"]], table_frame(raw)], axis=1)
     out = Path(out_dir)
     atomic_write_text(out / "table.csv", df.to_csv(index=False))
-    atomic_write_text(out / "table.md", "# D2F Bench results\n\n" + to_markdown(df))
+    atomic_write_text(out / "table.md", "# D2F Bench: every cell\n\n" + NOTE + to_markdown(df, COLUMNS))
+    paper = paper_layout(df)
+    atomic_write_text(out / "tables.csv", paper.drop(columns="order").to_csv(index=False))
+    atomic_write_text(out / "tables.md", "# D2F Bench: the paper's table layout\n\n" + NOTE + to_markdown(paper, PAPER))
+    return raw

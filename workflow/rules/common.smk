@@ -7,6 +7,8 @@ DATA = f"results/{PROFILE}/data"
 MODELS = f"results/{PROFILE}/models"
 BENCHMARKS = list(config["data"]["benchmarks"])
 CELLS = expand_cells(config)
+SWEEPS = [cell for cell in expand_cells(config, "sweeps") if cell not in CELLS]
+DECODERS = sorted({cell.decoder for cell in CELLS + SWEEPS})
 
 
 wildcard_constraints:
@@ -62,6 +64,10 @@ def get_train_args(wildcards):
     return " ".join(args)
 
 
+def get_base_model(wildcards):
+    return base_model(wildcards.model)
+
+
 def get_distill_inputs(wildcards):
     return {
         "base": model_weights(config["adapters"][wildcards.adapter]["base"]),
@@ -104,9 +110,9 @@ def get_decode_args(wildcards):
     return " ".join(args)
 
 
-def get_summaries(wildcards=None):
-    return [f"{cell.path(PROFILE)}/summary.json" for cell in CELLS]
+def summaries(cells):
+    return [f"{cell.path(PROFILE)}/summary.json" for cell in cells]
 
 
 def get_final_outputs():
-    return [f"results/{PROFILE}/summary.csv", f"reports/{PROFILE}/table.md"]
+    return [f"results/{PROFILE}/summary.csv", f"reports/{PROFILE}/tables.md"]

@@ -37,6 +37,7 @@ rule score:
         "../../environment.yml"
     params:
         profile=PROFILE,
+        base=get_base_model,
     shell:
         "d2f score --cell $(dirname {input.meter}) --data $(dirname {input.data}) --profile {params.profile} "
-        "--model-name {wildcards.model} > {log} 2>&1"
+        "--model-name {wildcards.model} --base-model {params.base} > {log} 2>&1"

@@ -1,0 +1,30 @@
+"""Every report of a profile from its summary.csv: tables, Pareto plots, decoding timelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from d2f_core.report.pareto import write_pareto
+from d2f_core.report.tables import write_tables
+from d2f_core.report.timeline import load_trace, plot_timeline
+
+TIMELINE_DECODERS = ("ar", "vanilla", "fast_dllm", "d2f")
+
+
+def build_reports(summary_csv: str, out_dir: str) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = write_tables(summary_csv, out_dir)
+    write_pareto(df, out)
+    figures = []
+    ok = df[df["status"] == "ok"].sort_values(["benchmark", "in_table", "model", "params"],
+                                              ascending=[False, False, True, True])
+    for decoder in TIMELINE_DECODERS:
+        cells = ok[ok["decoder"] == decoder]
+        if len(cells):
+            row = cells.iloc[0]
+            trace, _ = load_trace(row["cell_dir"])
+            path = out / f"timeline_{decoder}.png"
+            plot_timeline(trace, f"{row['model']} · {decoder} · {row['benchmark']} ({row['params']})", path)
+            figures.append(path)
+    return figures

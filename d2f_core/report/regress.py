@@ -1,0 +1,180 @@
+"""CI regression gate: compare a run's summary.csv with a committed reference, on score and on same-run speed ratios.
+
+- Score: with per-problem results on both sides, a paired comparison fails when the drop exceeds
+  max(tolerance, 2 x paired standard error); otherwise, when the new score falls below the reference's bootstrap CI
+  by more than the tolerance.
+- Speed: absolute TPS is never compared across machines. Each D2F / Fast-dLLM cell's TPS is divided by the TPS of
+  the vanilla cell on the same base model and benchmark, and by the AR cell's; a ratio that drops by more than
+  `speed_tolerance` (a fraction) against the same ratio in the reference is a regression.
+- A failed cell that was ok in the reference is a regression; missing and new cells are listed.
+Exit codes: 0 pass, 1 regression, 2 unusable input (named in the message).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from d2f_core.bench.io import atomic_write_text, read_jsonl_tolerant
+from d2f_core.report.tables import reference_cells
+
+KEY = ["model", "benchmark", "decoder", "params"]
+REQUIRED = [*KEY, "base_model", "status", "score", "score_ci_lo", "score_ci_hi", "tps", "tokens_mean", "nfe"]
+SPEED_DECODERS = ("d2f", "fast_dllm")
+
+
+class UnusableInput(Exception):
+    """Missing file, missing column, nothing to compare: exit 2."""
+
+
+@dataclass
+class Check:
+    cell: str
+    what: str
+    reference: float | None
+    now: float | None
+    verdict: str  # ok | REGRESSION | missing | new | improved
+    note: str = ""
+
+
+def load_summary(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise UnusableInput(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UnusableInput(f"{path}: not a readable CSV ({e})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise UnusableInput(f"{path}: missing column(s) {', '.join(missing)}")
+    df["cell"] = df[KEY].astype(str).agg("/".join, axis=1)
+    return df.set_index("cell", drop=False)
+
+
+def samples_path(reference_csv: str | Path) -> Path:
+    return Path(reference_csv).with_suffix(".samples.jsonl")
+
+
+def per_problem(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """cell -> {problem id: correct} from each cell's samples.jsonl, where the run still has it."""
+    out = {}
+    for cell, cell_dir in df.get("cell_dir", pd.Series(dtype=str)).items():
+        rows = read_jsonl_tolerant(Path(str(cell_dir)) / "samples.jsonl") if isinstance(cell_dir, str) else []
+        if rows:
+            out[cell] = {r["id"]: float(r["correct"]) for r in rows}
+    return out
+
+
+def load_reference_samples(reference_csv: str | Path) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for row in read_jsonl_tolerant(samples_path(reference_csv)):
+        out.setdefault(row["cell"], {})[row["id"]] = float(row["correct"])
+    return out
+
+
+def speed_ratios(df: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(cell, 'vanilla' | 'ar') -> this cell's TPS over its reference cell's TPS, measured in the same run."""
+    refs = reference_cells(df.reset_index(drop=True)).set_index(df.index)
+    out = {}
+    for cell, row in df[(df["status"] == "ok") & df["decoder"].isin(SPEED_DECODERS)].iterrows():
+        for kind in ("vanilla", "ar"):
+            pos = refs.at[cell, f"{kind}_ref"]
+            if pos is not None and not (isinstance(pos, float) and math.isnan(pos)):
+                out[(cell, kind)] = row["tps"] / df.iloc[int(pos)]["tps"]
+    return out
+
+
+def compare(now: pd.DataFrame, ref: pd.DataFrame, now_samples: dict, ref_samples: dict, tolerance: float,
+            speed_tolerance: float) -> list[Check]:
+    common = [c for c in ref.index if c in now.index]
+    if not common:
+        raise UnusableInput("no cell is in both the summary and the reference")
+    checks = [Check(c, "cell", None, None, "missing", "in the reference, not in this run")
+              for c in ref.index if c not in now.index]
+    checks += [Check(c, "cell", None, None, "new", "not in the reference") for c in now.index if c not in ref.index]
+    for cell in common:
+        r, n = ref.loc[cell], now.loc[cell]
+        if n["status"] != "ok":
+            verdict = "REGRESSION" if r["status"] == "ok" else "ok"
+            checks.append(Check(cell, "status", None, None, verdict, f"failed now (reference: {r['status']})"))
+            continue
+        if r["status"] != "ok":
+            checks.append(Check(cell, "status", None, None, "improved", "failed in the reference, ok now"))
+            continue
+        checks.append(score_check(cell, r, n, now_samples.get(cell), ref_samples.get(cell), tolerance))
+    now_ratio, ref_ratio = speed_ratios(now), speed_ratios(ref)
+    for (cell, kind), value in sorted(now_ratio.items()):
+        if (cell, kind) not in ref_ratio:
+            continue
+        change = value / ref_ratio[(cell, kind)] - 1
+        verdict = "REGRESSION" if change < -speed_tolerance else "ok"
+        checks.append(Check(cell, f"TPS / {kind} TPS", ref_ratio[(cell, kind)], value, verdict,
+                            f"{change:+.1%} (limit -{speed_tolerance:.0%})"))
+    return checks
+
+
+def score_check(cell: str, r, n, now_s: dict | None, ref_s: dict | None, tolerance: float) -> Check:
+    ids = sorted(set(now_s or {}) & set(ref_s or {}))
+    if ids:
+        diffs = pd.Series([now_s[i] - ref_s[i] for i in ids])
+        drop = -diffs.mean()
+        se = diffs.std(ddof=1) / math.sqrt(len(ids)) if len(ids) > 1 else 0.0
+        limit = max(tolerance, 2 * (0.0 if math.isnan(se) else se))
+        verdict = "REGRESSION" if drop > limit + 1e-12 else "ok"
+        return Check(cell, "score (paired)", r["score"], n["score"], verdict,
+                     f"drop {drop:+.3f} on {len(ids)} problems, limit {limit:.3f}")
+    drop = r["score"] - n["score"]
+    below = n["score"] < r["score_ci_lo"] - 1e-12
+    verdict = "REGRESSION" if below and drop > tolerance else "ok"
+    return Check(cell, "score (CI)", r["score"], n["score"], verdict,
+                 f"reference CI [{r['score_ci_lo']:.3f}, {r['score_ci_hi']:.3f}], tolerance {tolerance:.3f}")
+
+
+def render(checks: list[Check]) -> str:
+    rows = [{"cell": c.cell, "check": c.what, "reference": c.reference, "now": c.now, "verdict": c.verdict,
+             "note": c.note} for c in checks]
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def benchmark_json(checks: list[Check], now: pd.DataFrame) -> list[dict]:
+    """github-action-benchmark's custom format: one entry per score and per speed ratio."""
+    out = []
+    for cell, row in now[now["status"] == "ok"].iterrows():
+        out.append({"name": f"{cell} score", "unit": "score", "value": float(row["score"]),
+                    "range": f"[{row['score_ci_lo']:.4f}, {row['score_ci_hi']:.4f}]"})
+    for c in checks:
+        if c.what.startswith("TPS /") and c.now is not None:
+            out.append({"name": f"{c.cell} {c.what}", "unit": "x", "value": float(c.now),
+                        "extra": f"reference {c.reference:.4f}"})
+    return out
+
+
+def regress(summary: str, reference: str, out_md: str | None = None, out_json: str | None = None,
+            tolerance: float = 0.02, speed_tolerance: float = 0.25) -> int:
+    now, ref = load_summary(summary), load_summary(reference)
+    checks = compare(now, ref, per_problem(now), load_reference_samples(reference), tolerance, speed_tolerance)
+    bad = [c for c in checks if c.verdict == "REGRESSION"]
+    text = render(checks)
+    verdict = f"{len(bad)} regression(s): " + ", ".join(sorted({c.cell for c in bad})) if bad else "no regression"
+    print(text + "\n\n" + verdict)
+    if out_md:
+        atomic_write_text(out_md, f"# Regression check\n\n{summary} against {reference}\n\n{text}\n\n**{verdict}**\n")
+    if out_json:
+        atomic_write_text(out_json, json.dumps(benchmark_json(checks, now), indent=2) + "\n")
+    return 1 if bad else 0
+
+
+def update_reference(summary: str, reference: str) -> None:
+    """Make this run the reference: its summary.csv and its per-problem results (a deliberate, reviewed commit)."""
+    now = load_summary(summary)
+    Path(reference).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(summary, reference)
+    rows = [{"cell": cell, "id": pid, "correct": c} for cell, probs in per_problem(now).items()
+            for pid, c in probs.items()]
+    atomic_write_text(samples_path(reference), "".join(json.dumps(r) + "\n" for r in rows))
