@@ -1,7 +1,8 @@
 """The workflow config turned into cells: model x benchmark x decoder x params, with sweeps expanded.
 
-A cell entry's parameter given as a list is a sweep axis; the product of all axes becomes one cell each. Names are
-checked against the registries here, so a typo fails before anything runs, with the valid names in the message.
+A cell entry's parameter given as a list is a sweep axis; the product of all axes becomes one cell each. `params` may
+also be a list of such grids (their union), e.g. to tie two thresholds. Names are checked against the registries
+here, so a typo fails before anything runs, with the valid names in the message.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
             raise ValueError(f"{where}.decoder: unknown decoder {entry['decoder']!r}; "
                              f"valid: {', '.join(decoder_names())}")
         valid = decoder_params(entry["decoder"])
-        params = entry.get("params", {})
-        for key in params:
+        points = entry.get("params", {})
+        points = points if isinstance(points, list) else [points]  # a list of grids: their union
+        for key in (k for grid in points for k in grid):
             if key not in valid:
                 raise ValueError(f"{where}.params: decoder {entry['decoder']!r} has no parameter {key!r}; "
                                  f"valid: {', '.join(valid) or 'none'}")
@@ -50,8 +52,9 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
             if b not in BENCHMARKS or b not in config["data"]["benchmarks"]:
                 raise ValueError(f"{where}.benchmarks: unknown benchmark {b!r}; "
                                  f"valid: {', '.join(config['data']['benchmarks'])}")
-        axes = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
-        for values in itertools.product(*axes.values()):
-            label = params_label(dict(zip(axes, values)))
-            cells += [Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks]
+        for grid in points:
+            axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+            for values in itertools.product(*axes.values()):
+                label = params_label(dict(zip(axes, values)))
+                cells += [Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks]
     return list(dict.fromkeys(cells))  # duplicates across entries collapse to one cell

@@ -43,3 +43,24 @@ rule report:
         "../../environment.yml"
     shell:
         "d2f report --summary {input} --out $(dirname {output.table}) > {log} 2>&1"
+
+
+# The CI gate: `snakemake --cores all --configfile workflow/config/ci.yaml regress` (exit 1 on a regression).
+rule regress:
+    input:
+        summary=f"results/{PROFILE}/summary.csv",
+        reference=f"results/reference/{PROFILE}.csv",
+    output:
+        md=f"{REPORTS}/regression.md",
+        json=f"{REPORTS}/benchmark.json",
+    log:
+        f"logs/{PROFILE}/regress.log",
+    conda:
+        "../../environment.yml"
+    params:
+        tolerance=config["regress"]["score_tolerance"],
+        speed=config["regress"]["speed_tolerance"],
+    shell:
+        "d2f regress --summary {input.summary} --reference {input.reference} --out {output.md} "
+        "--json {output.json} --tolerance {params.tolerance} --speed-tolerance {params.speed} > {log} 2>&1 "
+        "|| (cat {log}; exit 1)"

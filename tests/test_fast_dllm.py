@@ -1,0 +1,75 @@
+"""Fast-dLLM: commit rules, cache modes, and agreement with vanilla decoding where it must agree."""
+
+import pytest
+import torch
+
+from d2f_core.decode.base import build_decoder
+from d2f_core.decode.primitives import commit_factor, commit_threshold
+
+
+def test_factor_rule_on_hand_made_confidences():
+    conf = torch.tensor([0.70, 0.99, 0.95, 0.90, 0.50])
+    # sorted: 0.99, 0.95, 0.90, 0.70, 0.50; (n+1)(1-c_n): 0.02, 0.15, 0.40, 1.50, 3.00
+    assert sorted(commit_factor(conf, 1.0).tolist()) == [1, 2, 3]
+    assert sorted(commit_factor(conf, 0.1).tolist()) == [1]
+    assert sorted(commit_factor(conf, 0.01).tolist()) == [1], "at least one"
+    assert sorted(commit_factor(conf, 4.0).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_threshold_rule_is_strict_and_commits_at_least_one():
+    conf = torch.tensor([0.9, 0.95, 0.3])
+    assert commit_threshold(conf, 0.9).tolist() == [1]
+    assert commit_threshold(conf, 0.99).tolist() == [1]
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_no_cache_with_one_block_and_threshold_one_equals_vanilla(models, prompts, family):
+    lm = models[family]
+    fast = build_decoder("fast_dllm", lm, block_size=16, cache="none", rule="threshold", threshold=1.0)
+    vanilla = build_decoder("vanilla", lm, block_size=16, steps=16)
+    for prompt in prompts:
+        a, b = fast.generate(prompt, 16), vanilla.generate(prompt, 16)
+        assert a.canvas_tokens == b.canvas_tokens and a.forwards == b.forwards == 16
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_dual_and_prefix_agree_when_there_is_no_suffix(models, prompts, family):
+    """With one block the suffix is empty, so the dual cache holds exactly the prefix cache."""
+    lm = models[family]
+    for prompt in prompts:
+        gens = [build_decoder("fast_dllm", lm, block_size=16, cache=c, threshold=1.0).generate(prompt, 16)
+                for c in ("prefix", "dual")]
+        assert gens[0].canvas_tokens == gens[1].canvas_tokens
+        first_vanilla = build_decoder("vanilla", lm, block_size=16, steps=16).generate(prompt, 16).trace[0]
+        assert gens[0].trace[0] == first_vanilla, "the refresh forward is vanilla's first step"
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("rule", ["threshold", "factor"])
+def test_every_mode_fills_the_canvas_block_by_block(models, prompts, cache, rule):
+    lm = models["dream"]
+    gen = build_decoder("fast_dllm", lm, block_size=4, cache=cache, rule=rule, threshold=0.5, factor=1.0).generate(
+        prompts[0], 16)
+    assert lm.mask_id not in gen.canvas_tokens and len(gen.canvas_tokens) == 16
+    assert sorted(p for _, p, _ in gen.trace) == list(range(16))
+    blocks = [b for _, _, b in sorted(gen.trace)]
+    assert blocks == sorted(blocks)
+    assert gen.forwards <= 16
+
+
+def test_dual_cache_matches_full_forward_on_the_refresh_canvas(models, prompts):
+    """Right after the refresh (nothing changed yet), the dual-cached block forward equals the full forward."""
+    from transformers import DynamicCache
+
+    from baselines.fast_dllm import keep_positions
+    from d2f_core.model.forward import hidden_states
+    from d2f_core.model.masks import bidirectional
+
+    lm = models["llada"]
+    x = torch.tensor(prompts[0] + [lm.mask_id] * 12)
+    total, lo, hi = len(x), len(prompts[0]) + 4, len(prompts[0]) + 8
+    cache = DynamicCache(config=lm.model.config)
+    full = hidden_states(lm.model, x[None], bidirectional(total), cache)
+    keep_positions(cache, lo, hi)
+    step = hidden_states(lm.model, x[None, lo:hi], bidirectional(4, total), cache, start=lo)
+    assert (step - full[:, lo:hi]).abs().max() < 1e-5

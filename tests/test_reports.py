@@ -1,0 +1,58 @@
+"""Reports from a fixture summary: Pareto frontier, tables with speed-ups, timeline and Pareto figures."""
+
+import json
+
+import pandas as pd
+
+from d2f_core.report.build import build_reports
+from d2f_core.report.pareto import pareto_frontier, point_label
+
+
+def test_pareto_frontier_on_a_hand_made_table():
+    df = pd.DataFrame({"tps": [10, 20, 30, 40, 25, 40], "score": [0.9, 0.8, 0.85, 0.5, 0.6, 0.4]})
+    front = pareto_frontier(df)
+    assert front.index.tolist() == [0, 2, 3], "(20, .8) and (25, .6) are dominated by (30, .85); (40, .4) by (40, .5)"
+
+
+def test_point_labels_keep_the_swept_thresholds():
+    assert point_label("block_size~8,tau_act~0.95,tau_add~0.1,tau_conf~0.9") == "a0.1 c0.9"
+    assert point_label("block_size~8,cache~dual,rule~threshold,threshold~0.9") == "dual thr0.9"
+    assert point_label("default") == ""
+
+
+def _fixture(tmp_path):
+    rows = []
+    specs = [("tiny-ar", "tiny-ar", "ar", "default", 0.97, 400, 1.0),
+             ("tiny-dream", "tiny-dream", "vanilla", "block_size~8,steps~32", 0.6, 60, 0.6),
+             ("tiny-dream", "tiny-dream", "fast_dllm", "block_size~8,cache~dual,threshold~0.9", 0.58, 200, 2.0),
+             ("tiny-dream-d2f", "tiny-dream", "d2f", "block_size~8,tau_add~0.1,tau_conf~0.9", 0.59, 700, 3.5),
+             ("tiny-dream-d2f", "tiny-dream", "d2f", "block_size~8,tau_add~0.1,tau_conf~0.7", 0.50, 900, 4.5)]
+    for i, (model, base, dec, params, score, tps, tpf) in enumerate(specs):
+        cell = tmp_path / f"cell{i}"
+        cell.mkdir()
+        trace = [[s, p, p // 8] for p, s in enumerate([k // 2 for k in range(16)])]
+        (cell / "samples.jsonl").write_text(json.dumps({"id": "x", "trace": trace}) + "\n")
+        rows.append(dict(profile="t", model=model, base_model=base, benchmark="tiny-gsm", decoder=dec, params=params,
+                         status="ok", score=score, score_ci_lo=score - 0.05, score_ci_hi=score + 0.05, tps=tps,
+                         tps_ci_lo=tps * 0.9, tps_ci_hi=tps * 1.1, latency_mean=20 / tps,
+                         tokens_mean=17.0 if dec == "d2f" and tps == 900 else 20.0, nfe=20 / tpf, tpf=tpf,
+                         metric="exact_match", cell_dir=str(cell), in_table=tps != 900))
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    return tmp_path / "summary.csv"
+
+
+def test_reports_from_a_fixture_summary(tmp_path):
+    out = tmp_path / "reports"
+    figures = build_reports(str(_fixture(tmp_path)), str(out))
+    assert {f.name for f in figures} == {f"timeline_{d}.png" for d in ("ar", "vanilla", "fast_dllm", "d2f")}
+    for name in ("pareto_tiny-gsm.png", "pareto_tiny-gsm.svg", "tables.md", "table.md"):
+        assert (out / name).stat().st_size > 0
+    frontier = pd.read_csv(out / "pareto.csv")
+    assert frontier["tps"].tolist() == [400, 700, 900], "AR (best score) and the two D2F cells (fastest)"
+
+    tables = pd.read_csv(out / "tables.csv")
+    d2f = tables[tables["decoder"] == "d2f"].iloc[0]
+    assert round(d2f["speedup_vanilla"], 2) == 11.67 and d2f["speedup_ar"] == 1.75
+    assert len(tables) == 4, "the sweep cell is in table.md and the Pareto plot, not in the paper table"
+    every = (out / "table.md").read_text()
+    assert "15.00 ⚠ length 0.85" in every, "a faster cell with shorter answers is flagged"
