@@ -10,6 +10,9 @@ from transformers import DynamicCache
 from d2f_core.decode.base import Decoder, Generation, register_decoder
 
 
+STOP_WINDOW = 16  # tokens decoded to look for a stop string: enough for any stop string, O(1) per step
+
+
 @dataclass(frozen=True)
 class ARParams:
     pass
@@ -32,7 +35,7 @@ class ARDecoder(Decoder):
         for step in range(max_new_tokens):
             logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             out.append(int(logits[0, -1].argmax()))
-            if out[-1] == self.lm.eos_id or (stop and any(s in tok.decode(out) for s in stop)):
+            if out[-1] == self.lm.eos_id or (stop and any(s in tok.decode(out[-STOP_WINDOW:]) for s in stop)):
                 break
             ids = ids.new_tensor([[out[-1]]])  # decode step: [1, 1]
         forwards = len(out)

@@ -25,6 +25,6 @@ def build_reports(summary_csv: str, out_dir: str) -> list[Path]:
             row = cells.iloc[0]
             trace, _ = load_trace(row["cell_dir"])
             path = out / f"timeline_{decoder}.png"
-            plot_timeline(trace, f"{row['model']} · {decoder} · {row['benchmark']} ({row['params']})", path)
+            plot_timeline(trace, f"{row['model']} · {decoder} · {row['benchmark']}\n{row['params']}", path)
             figures.append(path)
     return figures

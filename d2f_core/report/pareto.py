@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from d2f_core.bench.io import atomic_write_text  # noqa: E402
 
@@ -53,9 +54,12 @@ def plot_pareto(df: pd.DataFrame, benchmark: str, out_stem: Path) -> pd.DataFram
         for _, row in group.iterrows():
             ax.annotate(point_label(row["params"]), (row["tps"], row["score"]), fontsize=6.5, alpha=0.8,
                         xytext=(4, 3), textcoords="offset points")
-    ax.plot(frontier["tps"], frontier["score"], "--", color="tab:red", alpha=0.5, lw=1.2, label="Pareto frontier",
-            zorder=2)
+    ax.plot(frontier["tps"], frontier["score"], "--o", color="tab:red", alpha=0.5, lw=1.2, ms=13, mfc="none",
+            label="Pareto frontier", zorder=2)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("tokens per second (batch 1, log scale)")
     ax.set_ylabel(cells["metric"].iloc[0] if len(cells) else "score")
     ax.set_title(f"{benchmark}: speed vs quality ({len(cells)} cells)")

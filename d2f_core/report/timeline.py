@@ -26,7 +26,7 @@ def load_trace(cell_dir: str | Path) -> tuple[list, dict]:
 def plot_timeline(trace: list, title: str, out_png: str | Path) -> None:
     steps = max(s for s, _, _ in trace) + 1
     length = max(p for _, p, _ in trace) + 1
-    fig, ax = plt.subplots(figsize=(min(12, 3 + steps * 0.18), 4.5))
+    fig, ax = plt.subplots(figsize=(min(12, max(6.5, 3 + steps * 0.18)), 4.8))
     cmap = plt.get_cmap("tab10")
     blocks = {}
     for step, pos, block in trace:
@@ -41,7 +41,7 @@ def plot_timeline(trace: list, title: str, out_png: str | Path) -> None:
     ax.set_ylim(length, 0)
     ax.set_xlabel(f"decoding step (forward pass); {steps} in all")
     ax.set_ylabel("answer position")
-    ax.set_title(f"{title}: {len(trace)} tokens in {steps} forwards")
+    ax.set_title(f"{title}\n{len(trace)} tokens in {steps} forwards", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=150)
     plt.close(fig)

@@ -103,8 +103,11 @@ def get_decode_args(wildcards):
         f"--model {MODELS}/{base_model(wildcards.model)}",
         f"--warmup {config['warmup']}",
     ]
-    if wildcards.model in config.get("adapters", {}):
+    adapter = config.get("adapters", {}).get(wildcards.model)
+    if adapter:
         args.append(f"--adapter {MODELS}/{wildcards.model}")
+        if adapter.get("merge"):
+            args.append("--merge")
     if config.get("limit"):
         args.append(f"--limit {config['limit']}")
     return " ".join(args)
