@@ -4,7 +4,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "workflow/config/tiny.yaml"
+# The tiny profile is the default; `--configfile` replaces it (rather than being merged into it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "workflow/config/tiny.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
