@@ -73,6 +73,7 @@ def distill_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, shift: in
 
 def distill(base_dir: str, data_dir: str, out_dir: str, mix: dict[str, int], cfg: TrainConfig, lora: LoraSpec,
             gen_length: int, block_size: int) -> dict:
+    torch.manual_seed(cfg.seed)  # LoRA initialisation too
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     family = getattr(base.config, "d2f_family", "ar")

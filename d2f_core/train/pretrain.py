@@ -146,6 +146,7 @@ def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
 def train_model(family: str, data_dir: str, tokenizer_dir: str, out_dir: str, mix: dict[str, int],
                 cfg: TrainConfig, gen_length: int, arch: dict | None = None, init: str | None = None) -> dict:
     """Train one tiny model and save it (safetensors + tokenizer + diffusion facts in config.json)."""
+    torch.manual_seed(cfg.seed)  # the initial weights too: same config, same machine, same model
     tokenizer = AutoTokenizer.from_pretrained(init or tokenizer_dir)
     if init:
         model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
