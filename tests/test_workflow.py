@@ -33,7 +33,7 @@ def test_configs_validate_and_expand(name):
 
 def test_schema_lists_every_registered_decoder():
     schema = yaml.safe_load(open(SCHEMA))
-    assert schema["properties"]["cells"]["items"]["properties"]["decoder"]["enum"] == decoder_names()
+    assert schema["$defs"]["cell"]["properties"]["decoder"]["enum"] == decoder_names()
 
 
 def test_unknown_decoder_is_rejected_with_the_valid_names():
