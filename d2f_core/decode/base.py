@@ -10,8 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from d2f_core.model.load import LoadedModel
 
 
@@ -126,7 +124,3 @@ def _load_builtin() -> None:
     import baselines.vanilla  # noqa: F401
     import d2f_core.decode.d2f  # noqa: F401
 
-
-def no_grad_generate(fn):
-    """Decoders never need autograd; this also keeps them fast."""
-    return torch.inference_mode()(fn)
