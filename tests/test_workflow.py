@@ -82,7 +82,8 @@ def test_snakefmt_check_passes():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_dry_run_builds_the_dag(name):
-    out = _run(sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", f"workflow/config/{name}.yaml")
+    out = _run(sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", "--configfile",
+               f"workflow/config/{name}.yaml")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "decode" in out.stdout and "distill" in out.stdout
     if name == "ci":

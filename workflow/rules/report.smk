@@ -45,7 +45,7 @@ rule report:
         "d2f report --summary {input} --out $(dirname {output.table}) > {log} 2>&1"
 
 
-# The CI gate: `snakemake --cores all --configfile workflow/config/ci.yaml regress` (exit 1 on a regression).
+# The CI gate: `snakemake regress --cores all --configfile workflow/config/ci.yaml` (exit 1 on a regression).
 rule regress:
     input:
         summary=f"results/{PROFILE}/summary.csv",
