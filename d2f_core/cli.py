@@ -17,6 +17,13 @@ def _kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _train_config(items: list[str] | None):
+    """`--set key=value` items -> a TrainConfig, each value read as its field's type."""
+    from d2f_core.train.pretrain import TrainConfig
+
+    return TrainConfig(**{k: type(getattr(TrainConfig, k))(v) for k, v in _kv(items).items()})
+
+
 def _mix(benchmarks: list[str]) -> dict[str, int]:
     """`name[:weight]` items -> {name: weight}."""
     return {name: int(weight or 1) for name, _, weight in (b.partition(":") for b in benchmarks)}
@@ -51,12 +58,12 @@ def cmd_train(a) -> None:
     import torch
 
     from d2f_core.bench.io import atomic_write_json
-    from d2f_core.train.pretrain import TrainConfig, train_model
+    from d2f_core.train.pretrain import train_model
 
     if a.threads:
         torch.set_num_threads(a.threads)
     arch = {k: int(v) for k, v in _kv(a.arch).items()} or None
-    cfg = TrainConfig(**{k: type(getattr(TrainConfig, k))(v) for k, v in _kv(a.set).items()})
+    cfg = _train_config(a.set)
     stats = train_model(a.family, a.data, a.tokenizer, a.out, _mix(a.benchmarks), cfg, a.gen_length, arch, a.init)
     atomic_write_json(f"{a.out}/train_stats.json", {"family": a.family, "init": a.init, **vars(cfg), **stats})
     print(json.dumps(stats))
@@ -67,11 +74,10 @@ def cmd_distill(a) -> None:
 
     from d2f_core.bench.io import atomic_write_json
     from d2f_core.train.distill import LoraSpec, distill
-    from d2f_core.train.pretrain import TrainConfig
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = TrainConfig(**{k: type(getattr(TrainConfig, k))(v) for k, v in _kv(a.set).items()})
+    cfg = _train_config(a.set)
     lora = LoraSpec(r=a.lora_r, alpha=a.lora_alpha, dropout=a.lora_dropout)
     stats = distill(a.base, a.data, a.out, _mix(a.benchmarks), cfg, lora, a.gen_length, a.block_size)
     atomic_write_json(f"{a.out}/distill_stats.json", {"base": a.base, "block_size": a.block_size, **vars(cfg),
