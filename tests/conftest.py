@@ -9,7 +9,8 @@ import torch
 
 from d2f_core.bench.benchmarks import BENCHMARKS
 from d2f_core.bench.io import rewrite_jsonl
-from d2f_core.model.load import load_model, set_diffusion_facts
+from d2f_core.model.checkpoints import set_diffusion_facts
+from d2f_core.model.load import load_model
 from d2f_core.train.corpora import make_split
 from d2f_core.train.pretrain import new_llama
 from d2f_core.train.tokenizer import train_tokenizer

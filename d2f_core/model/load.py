@@ -1,7 +1,8 @@
 """Load a model directory (plus an optional peft adapter) with the diffusion facts its config.json carries.
 
 A model directory says what it is: `d2f_family` (`ar`, `llada` or `dream`), `mask_token_id` and `logit_shift` live in
-its config, so decoders need no side channel. Checkpoints without them are plain AR models.
+its config, so decoders need no side channel. Released LLaDA and Dream checkpoints are recognised by their
+`model_type` and mapped onto Llama / Qwen2 (`checkpoints.py`); anything else without the facts is a plain AR model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-FAMILIES = ("ar", "llada", "dream")
+from d2f_core.model.adapters import apply_adapter
+from d2f_core.model.checkpoints import checkpoint_format, load_released, load_tokenizer
 
 
 @dataclass
@@ -31,14 +33,6 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def set_diffusion_facts(config, family: str, mask_token_id: int | None) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
-    config.d2f_family = family
-    config.mask_token_id = mask_token_id
-    config.logit_shift = family in ("ar", "dream")
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -51,17 +45,19 @@ def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool 
                                 f"or point --model at a saved transformers checkpoint")
     device = torch.device(device) if device else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    fmt = checkpoint_format(path)
+    if fmt == "hf":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    else:
+        model, tokenizer = load_released(path, fmt, dtype), load_tokenizer(path)
     if adapter is not None:
-        from d2f_core.model.adapters import apply_adapter
-
         model = apply_adapter(model, adapter, merge=merge)
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     cfg = model.config
     family = getattr(cfg, "d2f_family", "ar")
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, mask_id=getattr(cfg, "mask_token_id", None),
-        eos_id=tokenizer.eos_token_id, shift=int(getattr(cfg, "logit_shift", family != "llada")),
+        eos_id=cfg.eos_token_id if fmt == "llada" or tokenizer.eos_token_id is None else tokenizer.eos_token_id, shift=int(getattr(cfg, "logit_shift", family != "llada")),
         path=str(path), adapter=str(adapter) if adapter else None,
     )

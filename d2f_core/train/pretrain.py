@@ -24,7 +24,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from d2f_core.bench.benchmarks import get_benchmark
-from d2f_core.model.load import set_diffusion_facts
+from d2f_core.model.checkpoints import set_diffusion_facts
 from d2f_core.model.masks import additive
 from d2f_core.train.corpora import read_jsonl
 
