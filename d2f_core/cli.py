@@ -41,6 +41,34 @@ def cmd_data(a) -> None:
     print(f"{a.benchmark}: {len(train)} train, {len(test)} test problems -> {a.out}")
 
 
+def cmd_prompts(a) -> None:
+    from d2f_core.bench.benchmarks import get_benchmark
+    from d2f_core.bench.io import rewrite_jsonl
+    from d2f_core.bench.prompts import build_rows
+
+    rows = build_rows(a.benchmark, a.shots, _kv(a.data_files) or None, a.limit, not a.no_until,
+                      tuple(a.docs) if a.docs else None)
+    rewrite_jsonl(get_benchmark(a.benchmark).test_file(a.out), rows)
+    print(f"{a.benchmark}: {len(rows)} prompts from lm-eval -> {a.out}")
+
+
+def cmd_fetch(a) -> None:
+    from d2f_core.model.hub import Unavailable, fetch
+
+    try:
+        print(f"{a.name}: {fetch(a.repo, a.revision, a.out, a.name)}")
+    except Unavailable as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def cmd_lm_eval(a) -> None:
+    import d2f_core.bench.lm_eval_model  # noqa: F401  registers `--model d2f`
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *a.args]
+    cli_evaluate()
+
+
 def cmd_tokenizer(a) -> None:
     from d2f_core.bench.benchmarks import get_benchmark
     from d2f_core.train.corpora import read_jsonl
@@ -89,7 +117,7 @@ def cmd_decode(a) -> None:
     from d2f_core.bench.runner import parse_params, run_cell
 
     rec = run_cell(a.model, a.benchmark, a.data, a.decoder, parse_params(a.params), a.max_new_tokens, a.out,
-                   adapter=a.adapter, merge=a.merge, limit=a.limit, warmup=a.warmup, threads=a.threads)
+                   adapter=a.adapter, merge=a.merge, limit=a.limit, warmup=a.warmup, threads=a.threads, chat=a.chat)
     if rec["status"] != "ok":
         print(f"cell FAILED (recorded in {a.out}/meter.json): {rec['error']}", file=sys.stderr)
 
@@ -154,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="data directory")
     s.set_defaults(func=cmd_data)
 
+    s = sub.add_parser("prompts", help="write a real benchmark's test file from its lm-eval task (docs, shots, stops)")
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--shots", type=int, help="few-shot exemplars (default: the task's own)")
+    s.add_argument("--data-files", nargs="*", metavar="SPLIT=PATH", help="local jsonl copies instead of the hub")
+    s.add_argument("--docs", nargs=2, type=int, metavar=("START", "STOP"), help="keep these test documents")
+    s.add_argument("--no-until", action="store_true", help="no stop sequences (the paper's escape_until)")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--out", required=True, help="data directory")
+    s.set_defaults(func=cmd_prompts)
+
+    s = sub.add_parser("fetch", help="download a model or adapter from the hub at a pinned revision")
+    s.add_argument("--name", required=True, help="its name in the config (for messages)")
+    s.add_argument("--repo", required=True)
+    s.add_argument("--revision", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("lm-eval", help="lm-eval's own CLI with `--model d2f` registered (args after --)")
+    s.add_argument("args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_lm_eval)
+
     s = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the training splits")
     s.add_argument("--data", required=True)
     s.add_argument("--benchmarks", nargs="+", required=True)
@@ -201,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="first N test problems only")
     s.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up generations")
     s.add_argument("--threads", type=int)
+    s.add_argument("--chat", action="store_true", help="render few-shot prompts with the model's chat template")
     s.add_argument("--out", required=True, help="the cell directory")
     s.set_defaults(func=cmd_decode)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from d2f_core.bench.benchmarks import BENCHMARKS
+from d2f_core.bench.benchmarks import BENCHMARKS, SYNTHETIC
 from d2f_core.bench.io import rewrite_jsonl
 from d2f_core.model.checkpoints import set_diffusion_facts
 from d2f_core.model.load import load_model
@@ -22,7 +22,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    for name in BENCHMARKS:
+    for name in SYNTHETIC:
         train, test = make_split(name, 300, 8, seed=0)
         rewrite_jsonl(BENCHMARKS[name].train_file(out), train)
         rewrite_jsonl(BENCHMARKS[name].test_file(out), test)
@@ -34,7 +34,7 @@ def tokenizer_dir(data_dir, tmp_path_factory) -> Path:
     from d2f_core.train.corpora import read_jsonl
 
     texts = []
-    for b in BENCHMARKS.values():
+    for b in map(BENCHMARKS.get, SYNTHETIC):
         texts += [b.prompt(r) + b.completion(r) for r in read_jsonl(b.train_file(data_dir))]
     out = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(texts, 200, out)
@@ -70,6 +70,6 @@ def prompts(data_dir, models) -> list[list[int]]:
 
     tok = models["ar"].tokenizer
     out = []
-    for b in BENCHMARKS.values():
+    for b in map(BENCHMARKS.get, SYNTHETIC):
         out += [tok(b.prompt(r)).input_ids for r in read_jsonl(b.test_file(data_dir))[:3]]
     return out

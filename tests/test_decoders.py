@@ -35,9 +35,10 @@ def test_truncate_at_eos_and_stop(models):
     assert cut == ids[:3]
 
 
-def test_ar_cache_equals_uncached_greedy(models, prompts):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_ar_cache_equals_uncached_greedy(models, prompts, cache):
     lm = models["ar"]
-    dec = build_decoder("ar", lm)
+    dec = build_decoder("ar", lm, cache=cache)
     for prompt in prompts:
         gen = dec.generate(prompt, 12)
         ids = list(prompt)
@@ -45,6 +46,11 @@ def test_ar_cache_equals_uncached_greedy(models, prompts):
             for _ in range(len(gen.canvas_tokens)):
                 ids.append(int(lm.model(torch.tensor([ids])).logits[0, -1].argmax()))
         assert gen.canvas_tokens == ids[len(prompt):]
+
+
+def test_ar_compile_needs_a_static_cache(models):
+    with pytest.raises(ValueError, match="ar.compile needs ar.cache: static"):
+        build_decoder("ar", models["ar"], compile=True)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

@@ -1,7 +1,10 @@
 """The benchmark registry: prompt format, stop strings, data location and scorer, one entry per benchmark.
 
-Scorers follow the paper's conventions: GSM8K-style exact match under both lm-eval filters (`strict-match` on
-`#### N`, `flexible-extract` on the last number) and pass@1 of code run against hidden asserts in the sandbox.
+Synthetic benchmarks (the tiny profile) carry their prompt template; real ones name an lm-eval task, which supplies
+documents, few-shot prompts and stop sequences (`prompts.py` writes them into the test file). Scorers are ours and
+follow the paper's conventions: GSM8K exact match under both lm-eval filters (`strict-match`, `flexible-extract` on
+the last number), MATH by mathematical equivalence (math-verify), and pass@1 of code post-processed as the paper
+does and run against its tests in the sandbox, never in this process.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from d2f_core.bench.code_post import humaneval_program, mbpp_program
 from d2f_core.bench.sandbox import run_untrusted
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+STRICT_COT = re.compile(r"The answer is (\-?[0-9\.\,]+).")  # lm-eval gsm8k_cot's strict-match
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
 
@@ -26,8 +31,8 @@ def normalise_number(s: str) -> str:
     return str(int(f)) if f.is_integer() else str(f)
 
 
-def extract_strict(text: str) -> str | None:
-    m = STRICT.search(text)
+def extract_strict(text: str, pattern: re.Pattern = STRICT) -> str | None:
+    m = pattern.search(text)
     return normalise_number(m.group(1)) if m else None
 
 
@@ -38,26 +43,69 @@ def extract_flexible(text: str) -> str | None:
     return normalise_number(next(g for g in hits[-1] if g))
 
 
-def score_gsm(row: dict, output: str) -> dict:
-    target = normalise_number(row["target"])
-    return {"correct": extract_strict(output) == target, "correct_flexible": extract_flexible(output) == target}
+def gsm_target(row: dict) -> str:
+    """Synthetic rows carry `target`; GSM8K documents end their `answer` with `#### N`."""
+    return normalise_number(row["target"] if "target" in row else row["doc"]["answer"].split("####")[-1])
+
+
+def gsm_scorer(strict: re.Pattern):
+    def score(row: dict, output: str) -> dict:
+        target = gsm_target(row)
+        return {"correct": extract_strict(output, strict) == target,
+                "correct_flexible": extract_flexible(output) == target}
+
+    return score
+
+
+def math_equivalent(gold: str, output: str) -> bool:
+    """math-verify: the output's final answer (boxed first, else the last expression) equals the gold answer."""
+    from math_verify import parse, verify
+
+    return bool(verify(parse(f"${gold}$"), parse(output)))
+
+
+def score_math(row: dict, output: str) -> dict:
+    return {"correct": math_equivalent(row["doc"]["answer"], output)}
+
+
+def _sandboxed(program: str) -> dict:
+    outcome = run_untrusted(program)
+    return {"correct": outcome.passed, "sandbox": outcome.status, "sandbox_detail": outcome.detail}
 
 
 def score_code(row: dict, output: str) -> dict:
-    outcome = run_untrusted(output.strip() + "\n\n" + "\n".join(row["tests"]) + "\n")
-    return {"correct": outcome.passed, "sandbox": outcome.status, "sandbox_detail": outcome.detail}
+    return _sandboxed(output.strip() + "\n\n" + "\n".join(row["tests"]) + "\n")
+
+
+def score_humaneval(row: dict, output: str) -> dict:
+    doc = row["doc"]
+    program = humaneval_program(doc["prompt"], output, doc["entry_point"])
+    return _sandboxed(f"{program}\n\n{doc['test']}\ncheck({doc['entry_point']})\n")
+
+
+def score_mbpp(row: dict, output: str) -> dict:
+    tests = row["doc"]["test_list"]
+    return _sandboxed(mbpp_program(output, tests) + "\n\n" + "\n".join(tests) + "\n")
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    template: str  # the prompt, formatted with the row
-    stop: tuple[str, ...]
     score: Callable[[dict, str], dict]  # -> {"correct": bool, ...}; the cell's score is the mean of "correct"
     metric: str
+    template: str = ""  # synthetic: the prompt, formatted with the row
+    stop: tuple[str, ...] = ()  # synthetic: stop strings
+    task: str | None = None  # real: the lm-eval task whose prompts and stop sequences the test file holds
+
+    @property
+    def synthetic(self) -> bool:
+        return self.task is None
 
     def prompt(self, row: dict) -> str:
-        return self.template.format(**row)
+        return self.template.format(**row) if self.synthetic else row["context"]
+
+    def stops(self, row: dict) -> list[str]:
+        return list(self.stop if self.synthetic else row["stop"])
 
     @staticmethod
     def completion(row: dict) -> str:
@@ -74,10 +122,17 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("tiny-gsm", "Question: {question}\nAnswer:", ("Question:", "\n"), score_gsm, "exact_match"),
-        Benchmark("tiny-code", "Task: {question}\nCode:", ("Task:", "\n"), score_code, "pass@1"),
+        Benchmark("tiny-gsm", gsm_scorer(STRICT), "exact_match", "Question: {question}\nAnswer:", ("Question:", "\n")),
+        Benchmark("tiny-code", score_code, "pass@1", "Task: {question}\nCode:", ("Task:", "\n")),
+        Benchmark("gsm8k", gsm_scorer(STRICT), "exact_match", task="gsm8k"),  # LLaDA: 4-shot
+        Benchmark("gsm8k_cot", gsm_scorer(STRICT_COT), "exact_match", task="gsm8k_cot"),  # Dream: 8-shot CoT
+        Benchmark("minerva_math", score_math, "math_verify", task="minerva_math"),
+        Benchmark("minerva_math500", score_math, "math_verify", task="minerva_math500"),
+        Benchmark("humaneval", score_humaneval, "pass@1", task="d2f_humaneval"),
+        Benchmark("mbpp", score_mbpp, "pass@1", task="d2f_mbpp"),
     )
 }
+SYNTHETIC = [name for name, b in BENCHMARKS.items() if b.synthetic]
 
 
 def get_benchmark(name: str) -> Benchmark:

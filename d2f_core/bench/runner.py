@@ -41,12 +41,12 @@ def params_label(params: dict) -> str:
 
 def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: dict, max_new_tokens: int,
              out_dir: str, adapter: str | None = None, merge: bool = False, limit: int | None = None,
-             warmup: int = 1, threads: int | None = None) -> dict:
+             warmup: int = 1, threads: int | None = None, chat: bool = False) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial, final = out / "generations.partial.jsonl", out / "generations.jsonl"
     record = {"model": model, "adapter": adapter, "merge": merge, "benchmark": benchmark, "decoder": decoder,
-              "params": params, "max_new_tokens": max_new_tokens, "limit": limit, "warmup": warmup,
+              "params": params, "max_new_tokens": max_new_tokens, "limit": limit, "warmup": warmup, "chat": chat,
               "status": "ok", "error": None, "versions": versions(), "git_sha": git_sha()}
     if threads:
         torch.set_num_threads(threads)
@@ -60,14 +60,15 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
         rewrite_jsonl(partial, done)  # drop a line torn by a kill
         record["resumed_from"] = len(done)
         todo = rows[len(done):]
-        prompts = [lm.tokenizer(bench.prompt(r)).input_ids for r in todo]
-        for ids in prompts[:warmup]:  # never recorded: first-call allocations, lazy init
-            dec.generate(ids, max_new_tokens, list(bench.stop))
+        prompts = [prompt_ids(lm, bench, r, chat) for r in todo]
+        for row, ids in list(zip(todo, prompts))[:warmup]:  # never recorded: first-call allocations, lazy init
+            dec.generate(ids, max_new_tokens, bench.stops(row))
         meter, log = Meter(lm.device), JsonlAppender(partial)
         meter.start()
         for row, ids in tqdm(list(zip(todo, prompts)), desc=f"{decoder} {Path(model).name} {benchmark}",
                              mininterval=5):
-            log.write(_decode_one(dec, lm, row, ids, max_new_tokens, bench.stop, first=not done and row is rows[0]))
+            log.write(decode_one(dec, lm, row["id"], ids, max_new_tokens, bench.stops(row),
+                                 first=not done and row is rows[0]))
         record["meter"] = meter.stop()
         record["meter"]["window_samples"] = len(todo)
         log.close()
@@ -79,8 +80,18 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
     return record
 
 
-def _decode_one(dec, lm, row, ids, max_new_tokens, stop, first: bool) -> dict:
-    sample = {"id": row["id"], "prompt_hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+def prompt_ids(lm, bench, row: dict, chat: bool) -> list[int]:
+    """A real benchmark's few-shot turns go through the model's chat template when the model is chat-tuned and the
+    benchmark is run as chat (LLaDA-Instruct on GSM8K, not on HumanEval); everything else is plain text."""
+    if chat and row.get("messages"):
+        text = lm.tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, tokenize=False)
+        return lm.tokenizer(text, add_special_tokens=False).input_ids  # the template writes its own BOS
+    return lm.tokenizer(bench.prompt(row)).input_ids
+
+
+def decode_one(dec, lm, sample_id, ids, max_new_tokens, stop, first: bool) -> dict:
+    """Time one `generate` (device-synchronised) and count its tokens the ways DESIGN §5 defines."""
+    sample = {"id": sample_id, "prompt_hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
     try:
         t0 = timed(lm.device)
         gen = dec.generate(ids, max_new_tokens, list(stop))
