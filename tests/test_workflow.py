@@ -1,6 +1,7 @@
 """The DAG's config checks, lint and formatting, and the CLI that every rule calls."""
 
 import copy
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from d2f_core.decode.base import decoder_names
 from conftest import REPO
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
-CONFIGS = ["tiny", "ci"]
+CONFIGS = ["tiny", "ci", "paper"]
 
 
 def load(name):
@@ -67,7 +68,8 @@ def test_sweep_axes_expand_to_the_product():
 
 
 def _run(*args):
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the tests never touch the hub, online or not
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env)
 
 
 def test_snakemake_lint_is_clean():
@@ -80,7 +82,12 @@ def test_snakefmt_check_passes():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1].split("total")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines() if line.strip()[-1:].isdigit()}
+
+
+@pytest.mark.parametrize("name", ["tiny", "ci"])
 def test_dry_run_builds_the_dag(name):
     out = _run(sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", "--configfile",
                f"workflow/config/{name}.yaml")
@@ -90,7 +97,33 @@ def test_dry_run_builds_the_dag(name):
         assert "tau_act~0.7" not in out.stdout, "--configfile replaces the tiny config: no tiny sweeps leak in"
 
 
+@pytest.mark.parametrize("profile", [None, "slurm", "local"])
+def test_paper_dry_run_lists_the_whole_paper_dag(profile):
+    if profile == "slurm":
+        pytest.importorskip("snakemake_executor_plugin_slurm")
+    extra = ["--workflow-profile", f"workflow/profiles/{profile}"] if profile else []
+    out = _run(sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", "--configfile",
+               "workflow/config/paper.yaml", *extra)
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = load("paper")
+    cells = len(expand_cells(config)) + len(expand_cells(config, "sweeps"))
+    assert job_counts(out.stdout) == {"fetch_adapter": 2, "fetch_model": 4, "prompts": 5, "decode": cells,
+                                      "score": cells, "aggregate": 1, "report": 1, "all": 1}
+    if profile == "slurm":  # every decode cell gets a GPU of its own
+        decode_jobs = out.stdout.split("rule decode:")[1:]
+        assert decode_jobs and all("gpu=1" in job.split("rule ")[0] for job in decode_jobs)
+
+
+def test_paper_profile_without_the_hub_names_the_model_and_the_fix(tmp_path):
+    out = _run(sys.executable, "-m", "d2f_core.cli", "fetch", "--name", "llada-instruct", "--repo",
+               "GSAI-ML/LLaDA-8B-Instruct", "--revision", "main", "--out", str(tmp_path / "m"))
+    assert out.returncode == 1
+    assert "llada-instruct: cannot download GSAI-ML/LLaDA-8B-Instruct@main" in out.stderr
+    assert "set `path: DIR` for llada-instruct in the config" in out.stderr
+
+
 def test_cli_help_lists_every_step():
     out = _run(sys.executable, "-m", "d2f_core.cli", "--help")
-    for step in ("data", "tokenizer", "train", "distill", "decode", "score", "aggregate", "report", "generate"):
+    for step in ("data", "prompts", "fetch", "tokenizer", "train", "distill", "decode", "score", "aggregate",
+                 "report", "regress", "generate", "lm-eval"):
         assert step in out.stdout

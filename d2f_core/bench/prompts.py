@@ -8,6 +8,7 @@ exemplars as earlier turns, as the paper's LLaDA-Instruct runs used).
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -19,12 +20,18 @@ from d2f_core.bench.benchmarks import get_benchmark
 PROJECT_TASKS = Path(__file__).parent / "lm_eval_tasks"  # HumanEval and MBPP without lm-eval's unsandboxed metric
 
 
+@functools.cache
+def task_manager():
+    """Indexing lm-eval's task definitions takes ~10 s: once per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(PROJECT_TASKS))
+
+
 def load_tasks(benchmark: str, data_files: dict[str, str] | None = None) -> dict:
     """The benchmark's lm-eval task(s); with `data_files`, the same task definition reading local jsonl copies
     (a YAML that `include`s the registered one and overrides only the dataset)."""
-    from lm_eval.tasks import TaskManager
-
-    manager, name = TaskManager(include_path=str(PROJECT_TASKS)), get_benchmark(benchmark).task
+    manager, name = task_manager(), get_benchmark(benchmark).task
     if not data_files:
         return manager.load([name])["tasks"]
     missing = [p for p in data_files.values() if not Path(p).exists()]

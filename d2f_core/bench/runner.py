@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.environment import device_info, git_sha, versions
+from d2f_core.bench.gpu_slot import claim_gpu
 from d2f_core.bench.io import JsonlAppender, atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
 from d2f_core.bench.meter import Meter, timed
 from d2f_core.decode.base import build_decoder
@@ -53,6 +54,7 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
     try:
         bench = get_benchmark(benchmark)
         rows = read_jsonl(bench.test_file(data_dir))[:limit]
+        record["gpu_index"] = claim_gpu()
         lm = load_model(model, adapter=adapter, merge=merge)
         dec = build_decoder(decoder, lm, **params)
         record["device_info"] = device_info(lm.device)

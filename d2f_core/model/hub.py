@@ -24,8 +24,9 @@ def fetch(repo: str, revision: str, out: str | Path, name: str) -> Path:
         raise Unavailable(f"{name}: {repo} is gated: accept its licence on huggingface.co, then `hf auth login` "
                           f"(or set HF_TOKEN) and rerun ({type(e).__name__})") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        reason = " ".join(str(e).split())[:160]
         raise Unavailable(
-            f"{name}: cannot download {repo}@{revision} into {out}: {type(e).__name__}: {str(e)[:200]}\n"
+            f"{name}: cannot download {repo}@{revision} into {out}: {type(e).__name__}: {reason}\n"
             f"  fix: run where huggingface.co is reachable, or download it elsewhere "
             f"(`hf download {repo} --revision {revision} --local-dir DIR`) and set `path: DIR` for {name} in the "
             f"config") from None

@@ -1,20 +1,34 @@
 import re
 
+from d2f_core.bench.benchmarks import SYNTHETIC
 from d2f_core.config import expand_cells, model_names
 
 PROFILE = config["profile"]
 DATA = f"results/{PROFILE}/data"
 MODELS = f"results/{PROFILE}/models"
 BENCHMARKS = list(config["data"]["benchmarks"])
+SYNTHETIC_BENCHMARKS = [b for b in BENCHMARKS if b in SYNTHETIC]
+REAL_BENCHMARKS = [b for b in BENCHMARKS if b not in SYNTHETIC]
+ADAPTERS = config.get("adapters", {})
 CELLS = expand_cells(config)
 SWEEPS = [cell for cell in expand_cells(config, "sweeps") if cell not in CELLS]
 DECODERS = sorted({cell.decoder for cell in CELLS + SWEEPS})
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names (or nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def named(section, key):
+    """Names in config[section] (models or adapters) whose entry has `key` (train, source or path)."""
+    return [name for name, spec in config.get(section, {}).items() if key in spec]
+
+
 wildcard_constraints:
-    model="|".join(re.escape(m) for m in model_names(config)),
-    adapter="|".join(re.escape(a) for a in config.get("adapters", {})) or "^$",
-    benchmark="|".join(re.escape(b) for b in BENCHMARKS),
+    model=one_of(model_names(config)),
+    adapter=one_of(ADAPTERS),
+    benchmark=one_of(BENCHMARKS),
     decoder="[a-z0-9_]+",
     params="[^/]+",
 
@@ -26,20 +40,60 @@ def get_train_mix():
     ]
 
 
+def get_prompt_args(wildcards):
+    spec = config["data"]["benchmarks"][wildcards.benchmark]
+    args = [f"--shots {spec['shots']}"] if "shots" in spec else []
+    if spec.get("data_files"):
+        args.append(
+            "--data-files "
+            + " ".join(f"{k}={v}" for k, v in spec["data_files"].items())
+        )
+    if spec.get("docs"):
+        args.append("--docs {} {}".format(*spec["docs"]))
+    if not spec.get("until", True):
+        args.append("--no-until")
+    if config.get("limit"):
+        args.append(f"--limit {config['limit']}")
+    return " ".join(args)
+
+
 def get_data_sizes(wildcards):
     sizes = config["data"]["benchmarks"][wildcards.benchmark]
     return f"--train {sizes['train']} --test {sizes['test']}"
 
 
+def spec_of(name):
+    return ADAPTERS.get(name) or config["models"][name]
+
+
+def model_dir(name):
+    """Where a model or adapter lives: its local `path`, or results/{profile}/models/{name}."""
+    return spec_of(name).get("path", f"{MODELS}/{name}")
+
+
 def model_weights(name):
-    if name in config.get("adapters", {}):
-        return f"{MODELS}/{name}/adapter_model.safetensors"
-    return f"{MODELS}/{name}/model.safetensors"
+    """The file that says a model or adapter is ready (the output of the rule that makes it)."""
+    spec, adapter = spec_of(name), name in ADAPTERS
+    if "train" in spec:
+        return (
+            f"{model_dir(name)}/{'adapter_model' if adapter else 'model'}.safetensors"
+        )
+    return f"{model_dir(name)}/{'adapter_config' if adapter else 'config'}.json"
 
 
 def base_model(name):
     """The model a cell runs on: an adapter's base, or the model itself."""
-    return config.get("adapters", {}).get(name, {}).get("base", name)
+    return ADAPTERS.get(name, {}).get("base", name)
+
+
+def gen_length(name):
+    return spec_of(base_model(name)).get("gen_length", config["gen_length"])
+
+
+def get_fetch_args(wildcards):
+    name = wildcards.get("model") or wildcards.get("adapter")
+    source = spec_of(name)["source"]
+    return f"--name {name} --repo {source['repo']} --revision {source['revision']}"
 
 
 def get_train_inputs(wildcards):
@@ -57,7 +111,7 @@ def get_train_args(wildcards):
     spec = config["models"][wildcards.model]
     args = [f"--family {spec['family']}", f"--gen-length {config['gen_length']}"]
     if "init" in spec:
-        args.append(f"--init {MODELS}/{spec['init']}")
+        args.append(f"--init {model_dir(spec['init'])}")
     if "arch" in spec:
         args.append("--arch " + " ".join(f"{k}={v}" for k, v in spec["arch"].items()))
     args.append("--set " + " ".join(f"{k}={v}" for k, v in spec["train"].items()))
@@ -79,7 +133,7 @@ def get_distill_args(wildcards):
     spec = config["adapters"][wildcards.adapter]
     lora = spec.get("lora", {})
     args = [
-        f"--base {MODELS}/{spec['base']}",
+        f"--base {model_dir(spec['base'])}",
         f"--block-size {spec['block_size']}",
         f"--gen-length {config['gen_length']}",
     ]
@@ -93,21 +147,26 @@ def get_decode_inputs(wildcards):
         "model": model_weights(base_model(wildcards.model)),
         "data": f"{DATA}/{wildcards.benchmark}.test.jsonl",
     }
-    if wildcards.model in config.get("adapters", {}):
+    if wildcards.model in ADAPTERS:
         inputs["adapter"] = model_weights(wildcards.model)
     return inputs
 
 
 def get_decode_args(wildcards):
+    base = base_model(wildcards.model)
     args = [
-        f"--model {MODELS}/{base_model(wildcards.model)}",
+        f"--model {model_dir(base)}",
         f"--warmup {config['warmup']}",
+        f"--max-new-tokens {gen_length(wildcards.model)}",
     ]
-    adapter = config.get("adapters", {}).get(wildcards.model)
+    adapter = ADAPTERS.get(wildcards.model)
     if adapter:
-        args.append(f"--adapter {MODELS}/{wildcards.model}")
+        args.append(f"--adapter {model_dir(wildcards.model)}")
         if adapter.get("merge"):
             args.append("--merge")
+    bench = config["data"]["benchmarks"][wildcards.benchmark]
+    if config["models"][base].get("chat") and bench.get("chat", True):
+        args.append("--chat")
     if config.get("limit"):
         args.append(f"--limit {config['limit']}")
     return " ".join(args)

@@ -4,6 +4,8 @@ rule data:
         test=f"{DATA}/{{benchmark}}.test.jsonl",
     log:
         f"logs/{PROFILE}/data/{{benchmark}}.log",
+    wildcard_constraints:
+        benchmark=one_of(SYNTHETIC_BENCHMARKS),
     conda:
         "../../environment.yml"
     params:
@@ -14,9 +16,26 @@ rule data:
         "--out $(dirname {output.train}) > {log} 2>&1"
 
 
+# Real benchmarks: documents, few-shot prompts and stop sequences from the lm-eval task definitions.
+rule prompts:
+    output:
+        test=f"{DATA}/{{benchmark}}.test.jsonl",
+    log:
+        f"logs/{PROFILE}/data/{{benchmark}}.log",
+    wildcard_constraints:
+        benchmark=one_of(REAL_BENCHMARKS),
+    conda:
+        "../../environment.yml"
+    params:
+        args=get_prompt_args,
+    shell:
+        "d2f prompts --benchmark {wildcards.benchmark} {params.args} --out $(dirname {output.test}) "
+        "> {log} 2>&1 || (tail -5 {log}; exit 1)"
+
+
 rule tokenizer:
     input:
-        train=expand("{data}/{b}.train.jsonl", data=DATA, b=BENCHMARKS),
+        train=expand("{data}/{b}.train.jsonl", data=DATA, b=SYNTHETIC_BENCHMARKS),
     output:
         f"{MODELS}/tokenizer/tokenizer.json",
     log:
@@ -24,7 +43,7 @@ rule tokenizer:
     conda:
         "../../environment.yml"
     params:
-        benchmarks=BENCHMARKS,
+        benchmarks=SYNTHETIC_BENCHMARKS,
         vocab_size=config["tokenizer"]["vocab_size"],
     shell:
         "d2f tokenizer --data $(dirname {input.train[0]}) --benchmarks {params.benchmarks} "

@@ -15,12 +15,10 @@ rule decode:
     threads: workflow.cores
     params:
         args=get_decode_args,
-        max_new_tokens=config["gen_length"],
     shell:
         "d2f decode {params.args} --benchmark {wildcards.benchmark} "
         "--data $(dirname {input.data}) --decoder {wildcards.decoder} --params {wildcards.params:q} "
-        "--max-new-tokens {params.max_new_tokens} --threads {threads} --out $(dirname {output.meter}) "
-        "> {log} 2>&1"
+        "--threads {threads} --out $(dirname {output.meter}) > {log} 2>&1"
 
 
 rule score:

@@ -5,6 +5,8 @@ rule train_model:
         f"{MODELS}/{{model}}/model.safetensors",
     log:
         f"logs/{PROFILE}/train/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(named("models", "train")),
     conda:
         "../../environment.yml"
     threads: workflow.cores
@@ -23,6 +25,8 @@ rule distill:
         f"{MODELS}/{{adapter}}/adapter_model.safetensors",
     log:
         f"logs/{PROFILE}/distill/{{adapter}}.log",
+    wildcard_constraints:
+        adapter=one_of(named("adapters", "train")),
     conda:
         "../../environment.yml"
     threads: workflow.cores
@@ -32,3 +36,34 @@ rule distill:
     shell:
         "d2f distill {params.args} --data $(dirname {input.data[0]}) --benchmarks {params.mix} "
         "--out $(dirname {output}) --threads {threads} > {log} 2>&1"
+
+
+# Released checkpoints and adapters (`source:` in the config), at the pinned revision.
+rule fetch_model:
+    output:
+        f"{MODELS}/{{model}}/config.json",
+    log:
+        f"logs/{PROFILE}/fetch/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(named("models", "source")),
+    conda:
+        "../../environment.yml"
+    params:
+        args=get_fetch_args,
+    shell:
+        "d2f fetch {params.args} --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
+
+
+rule fetch_adapter:
+    output:
+        f"{MODELS}/{{adapter}}/adapter_config.json",
+    log:
+        f"logs/{PROFILE}/fetch/{{adapter}}.log",
+    wildcard_constraints:
+        adapter=one_of(named("adapters", "source")),
+    conda:
+        "../../environment.yml"
+    params:
+        args=get_fetch_args,
+    shell:
+        "d2f fetch {params.args} --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
