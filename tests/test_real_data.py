@@ -30,13 +30,13 @@ def score_all(benchmark: str, rows: list[dict], outputs: list[str]) -> list[dict
         return list(pool.map(score, rows, outputs))
 
 
-@pytest.mark.parametrize("benchmark", ["gsm8k", "gsm8k_cot"])
-def test_gsm8k_reference_answers_extract_under_both_filters(benchmark):
+@pytest.mark.parametrize("name", ["gsm8k", "gsm8k_cot"])
+def test_gsm8k_reference_answers_extract_under_both_filters(name):
     rows = [{"doc": doc} for doc in shared("gsm8k_test.jsonl")]
     outputs = [doc["doc"]["answer"] for doc in rows]
-    if benchmark == "gsm8k_cot":  # the CoT format ends "The answer is N."
+    if name == "gsm8k_cot":  # the CoT format ends "The answer is N."
         outputs = [a.split("####")[0] + "The answer is " + a.split("#### ")[-1] + "." for a in outputs]
-    verdicts = [get_benchmark(benchmark).score(r, o) for r, o in zip(rows, outputs)]
+    verdicts = [get_benchmark(name).score(r, o) for r, o in zip(rows, outputs)]
     assert len(verdicts) == 1319
     assert all(v == {"correct": True, "correct_flexible": True} for v in verdicts)
 
@@ -65,7 +65,7 @@ def test_code_post_processing_takes_the_fence_and_drops_trailing_prose():
     answer = "Sure! Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nThis adds two numbers."
     assert extract_code(answer) == "def add(a, b):\n    return a + b\n"
     assert mbpp_program(answer, ["assert add(1, 2) == 3"]) == "def add(a, b):\n    return a + b"
-    truncated = "    return a + b\n\nThis is prose, not code"
+    truncated = "    return a + b\n\nThe function returns the sum."
     assert humaneval_program("def add(a, b):\n", truncated, "add") == "def add(a, b):\n    return a + b"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from d2f_core.bench.code_post import humaneval_program, mbpp_program
-from d2f_core.bench.sandbox import run_untrusted
+from d2f_core.bench.sandbox import Limits, run_untrusted
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 STRICT_COT = re.compile(r"The answer is (\-?[0-9\.\,]+).")  # lm-eval gsm8k_cot's strict-match
@@ -68,8 +68,12 @@ def score_math(row: dict, output: str) -> dict:
     return {"correct": math_equivalent(row["doc"]["answer"], output)}
 
 
-def _sandboxed(program: str) -> dict:
-    outcome = run_untrusted(program)
+# The real sets' reference solutions need up to ~6 CPU-seconds here (MBPP 123); the tiny ones, milliseconds.
+REAL_CODE_LIMITS = Limits(wall_s=30, cpu_s=15, memory_mb=1024)
+
+
+def _sandboxed(program: str, limits: Limits = Limits()) -> dict:
+    outcome = run_untrusted(program, limits)
     return {"correct": outcome.passed, "sandbox": outcome.status, "sandbox_detail": outcome.detail}
 
 
@@ -80,12 +84,15 @@ def score_code(row: dict, output: str) -> dict:
 def score_humaneval(row: dict, output: str) -> dict:
     doc = row["doc"]
     program = humaneval_program(doc["prompt"], output, doc["entry_point"])
-    return _sandboxed(f"{program}\n\n{doc['test']}\ncheck({doc['entry_point']})\n")
+    return _sandboxed(f"{program}\n\n{doc['test']}\ncheck({doc['entry_point']})\n", REAL_CODE_LIMITS)
 
 
 def score_mbpp(row: dict, output: str) -> dict:
-    tests = row["doc"]["test_list"]
-    return _sandboxed(mbpp_program(output, tests) + "\n\n" + "\n".join(tests) + "\n")
+    """Program, then the task's setup code (objects the asserts use, built from the program's classes), then asserts."""
+    doc = row["doc"]
+    setup = doc.get("test_setup_code", "")
+    return _sandboxed(f"{mbpp_program(output, doc['test_list'])}\n\n{setup}\n" + "\n".join(doc["test_list"]) + "\n",
+                      REAL_CODE_LIMITS)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 
 FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 CALLED = re.compile(r"assert\s+(?:not\s+)?\(?\s*(?:math\.isclose\()?\s*(?:set\()?\s*([A-Za-z_]\w*)\s*\(")
@@ -30,11 +31,13 @@ def longest_valid_program(code: str, entry_point: str | None) -> str:
     for n in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:n])
         try:
-            tree = ast.parse(candidate)
+            with warnings.catch_warnings():  # invalid escapes in generated code are the program's problem
+                warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+                tree = ast.parse(candidate)
         except SyntaxError:
             continue
         if entry_point is None or defines(tree, entry_point):
-            return candidate
+            return candidate.rstrip()
     return code
 
 
