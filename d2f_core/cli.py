@@ -101,15 +101,25 @@ def cmd_distill(a) -> None:
     import torch
 
     from d2f_core.bench.io import atomic_write_json
+    from d2f_core.model.load import tokenizer_of
     from d2f_core.train.distill import LoraSpec, distill
+    from d2f_core.train.pretrain import encode_chat_pairs, encode_pairs
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if bool(a.pairs) == bool(a.data and a.benchmarks):
+        raise SystemExit("error: give either --pairs FILE (question/answer jsonl) or --data DIR with --benchmarks")
     cfg = _train_config(a.set)
     lora = LoraSpec(r=a.lora_r, alpha=a.lora_alpha, dropout=a.lora_dropout)
-    stats = distill(a.base, a.data, a.out, _mix(a.benchmarks), cfg, lora, a.gen_length, a.block_size)
+    tokenizer = tokenizer_of(a.base)
+    if a.pairs:  # LLaDA-Instruct answers end with <|eot_id|> (then EOS padding), as in the reference's data
+        end = tokenizer.get_vocab().get("<|eot_id|>", tokenizer.eos_token_id)
+        groups = encode_chat_pairs(a.pairs, tokenizer, a.question_key, a.answer_key, end, a.gen_length, a.chat)
+    else:
+        groups = encode_pairs(a.data, _mix(a.benchmarks), tokenizer)
+    stats = distill(a.base, a.out, groups, cfg, lora, a.gen_length, a.block_size)
     atomic_write_json(f"{a.out}/distill_stats.json", {"base": a.base, "block_size": a.block_size, **vars(cfg),
-                                                       "lora": vars(lora), **stats})
+                                                       "lora": vars(lora), "pairs": a.pairs, **stats})
     print(json.dumps(stats))
 
 
@@ -226,8 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("distill", help="distil a diffusion teacher into a block-causal LoRA student (D2F)")
     s.add_argument("--base", required=True, help="the teacher model directory (llada or dream family)")
-    s.add_argument("--data", required=True)
-    s.add_argument("--benchmarks", nargs="+", required=True, metavar="NAME[:WEIGHT]")
+    s.add_argument("--data", help="tiny profile: the data directory of the training splits")
+    s.add_argument("--benchmarks", nargs="+", metavar="NAME[:WEIGHT]", help="tiny profile: the training mix")
+    s.add_argument("--pairs", help="paper profile: a question/answer jsonl (the bs17k collection)")
+    s.add_argument("--question-key", default="question")
+    s.add_argument("--answer-key", default="qwen7b_answer")
+    s.add_argument("--chat", action="store_true", help="wrap questions in the model's chat template")
     s.add_argument("--out", required=True, help="adapter directory")
     s.add_argument("--block-size", type=int, default=16, help="training block size of the noise schedule")
     s.add_argument("--lora-r", type=int, default=32)

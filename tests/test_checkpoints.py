@@ -15,7 +15,9 @@ from safetensors.torch import save_file
 from d2f_core.model.forward import hidden_states, lm_head
 from d2f_core.model.load import load_model
 
-V, D, LAYERS, HEADS, FFN = 96, 32, 2, 4, 48
+V, D, LAYERS, HEADS, FFN = 256, 32, 2, 4, 48  # V covers the test tokenizer
+CHAT_TEMPLATE = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
 R, ALPHA = 4, 8
 
 
@@ -44,7 +46,8 @@ def write_llada(out, tokenizer_dir, gen) -> dict:
               "mask_token_id": V - 1, "eos_token_id": V - 2}
     (out / "config.json").write_text(json.dumps(config))
     shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                           "eos_token": "<eos>", "chat_template": CHAT_TEMPLATE}))
     return {"embed": w["model.transformer.wte.weight"], "norm": w["model.transformer.ln_f.weight"],
             "head": w["model.transformer.ff_out.weight"], "theta": 500000.0, "eps": 1e-5, "kv_heads": HEADS,
             "layers": [{k: w[f"model.transformer.blocks.{i}.{name}.weight"] for k, name in
@@ -202,3 +205,23 @@ def test_unmapped_llada_tensor_is_an_error(released, tmp_path):
     save_file(w, broken / "model.safetensors")
     with pytest.raises(KeyError, match="att_proj"):
         load_model(broken, device="cpu")
+
+
+def test_paper_distillation_path_runs_on_a_llada_format_checkpoint(released, tmp_path):
+    """The paper's settings (LoRA r/alpha 32, dropout 0.1, constant lr, wd 0.05, block 16) on bs17k-style pairs,
+    questions wrapped in the chat template, through the same `d2f distill` the tiny profile uses."""
+    from d2f_core.cli import main
+
+    pairs = tmp_path / "bs17k.jsonl"
+    pairs.write_text("".join(json.dumps({"question": f"What is {i} + 3?", "qwen7b_answer": f"{i} + 3 = {i + 3}."})
+                             + "\n" for i in range(6)))
+    out = tmp_path / "adapter"
+    main(["distill", "--base", str(released["llada"][0]), "--pairs", str(pairs), "--chat", "--out", str(out),
+          "--block-size", "16", "--gen-length", "32", "--set", "steps=3", "batch_size=2", "lr=1e-5", "warmup=0",
+          "weight_decay=0.05", "schedule=constant"])
+    stats = json.loads((out / "distill_stats.json").read_text())
+    assert stats["steps"] == 3 and stats["schedule"] == "constant" and stats["lora"]["r"] == 32
+    assert sorted(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == [
+        "k_proj", "o_proj", "q_proj", "v_proj"]
+    lm = load_model(released["llada"][0], adapter=out, device="cpu", dtype=torch.float32)
+    assert our_logits(lm, IDS).shape == (len(IDS), V)

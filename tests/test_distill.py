@@ -54,8 +54,10 @@ def test_teacher_and_student_see_the_same_noised_input(model_dirs, data_dir, mon
 def test_distillation_loss_decreases_and_adapter_round_trips(model_dirs, data_dir, tmp_path):
     out = tmp_path / "adapter"
     cfg = TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup=2, max_minutes=2, seed=0)
-    stats = D.distill(str(model_dirs["dream"]), str(data_dir), str(out), {"tiny-gsm": 1, "tiny-code": 1}, cfg,
-                      D.LoraSpec(r=4, alpha=8, dropout=0.0), gen_length=64, block_size=8)
+    tok = load_model(model_dirs["dream"], device="cpu").tokenizer
+    groups = encode_pairs(data_dir, {"tiny-gsm": 1, "tiny-code": 1}, tok)
+    stats = D.distill(str(model_dirs["dream"]), str(out), groups, cfg, D.LoraSpec(r=4, alpha=8, dropout=0.0),
+                      gen_length=64, block_size=8)
     assert stats["first_loss"] > stats["final_loss"]
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
 

@@ -127,3 +127,22 @@ def test_cli_help_lists_every_step():
     for step in ("data", "prompts", "fetch", "tokenizer", "train", "distill", "decode", "score", "aggregate",
                  "report", "regress", "generate", "lm-eval"):
         assert step in out.stdout
+
+
+def test_paper_adapter_can_be_distilled_here_with_the_papers_settings(tmp_path):
+    config = load("paper")
+    pairs = tmp_path / "bs17k.jsonl"
+    pairs.write_text('{"question": "q", "qwen7b_answer": "a"}\n')
+    config["adapters"]["llada-d2f"] = {
+        "base": "llada-instruct", "pairs": str(pairs), "block_size": 16, "gen_length": 768,
+        "lora": {"r": 32, "alpha": 32, "dropout": 0.1},
+        "train": {"steps": 50000, "batch_size": 1, "lr": 1.0e-5, "warmup": 0, "weight_decay": 0.05,
+                  "schedule": "constant"}}
+    validate(copy.deepcopy(config), SCHEMA)
+    path = tmp_path / "paper-trained.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = _run(sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--nolock", "--configfile", str(path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert job_counts(out.stdout)["distill"] == 1 and job_counts(out.stdout)["fetch_adapter"] == 1
+    command = next(line for line in out.stdout.splitlines() if "d2f distill" in line)
+    assert f"--pairs {pairs} --chat" in command and "lr=1e-05" in command and "schedule=constant" in command

@@ -33,6 +33,10 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+def tokenizer_of(path: str | Path):
+    return AutoTokenizer.from_pretrained(path) if checkpoint_format(path) == "hf" else load_tokenizer(path)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -48,9 +52,9 @@ def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool 
     fmt = checkpoint_format(path)
     if fmt == "hf":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-        tokenizer = AutoTokenizer.from_pretrained(path)
     else:
-        model, tokenizer = load_released(path, fmt, dtype), load_tokenizer(path)
+        model = load_released(path, fmt, dtype)
+    tokenizer = tokenizer_of(path)
     if adapter is not None:
         model = apply_adapter(model, adapter, merge=merge)
     model.to(device).eval()
@@ -58,6 +62,7 @@ def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool 
     family = getattr(cfg, "d2f_family", "ar")
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, mask_id=getattr(cfg, "mask_token_id", None),
-        eos_id=cfg.eos_token_id if fmt == "llada" or tokenizer.eos_token_id is None else tokenizer.eos_token_id, shift=int(getattr(cfg, "logit_shift", family != "llada")),
+        eos_id=cfg.eos_token_id if fmt == "llada" or tokenizer.eos_token_id is None else tokenizer.eos_token_id,
+        shift=int(getattr(cfg, "logit_shift", family != "llada")),
         path=str(path), adapter=str(adapter) if adapter else None,
     )

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from d2f_core.model.load import default_device, load_model
 from d2f_core.model.masks import additive, block_ids
-from d2f_core.train.pretrain import TrainConfig, diffusion_batch, encode_pairs, fit
+from d2f_core.train.pretrain import TrainConfig, diffusion_batch, fit
 
 MAX_RATIO = 0.7  # the reference's cap on any block's mask ratio
 
@@ -58,7 +58,8 @@ def noise_batch(batch, pad_id: int, eos_id: int, mask_id: int, gen_length: int, 
 def distill_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, shift: int, gen_length: int,
                  block_size: int, rng: torch.Generator | None = None) -> torch.Tensor:
     """Cross-entropy of the student against the teacher's distribution, on masked positions, weighted 1/ratio."""
-    ids, noisy, masked, ratio, block, keys = noise_batch(batch, pad_id, eos_id, mask_id, gen_length, block_size, rng)
+    ids, noisy, masked, ratio, block, keys = (t.to(model.device) for t in
+                                              noise_batch(batch, pad_id, eos_id, mask_id, gen_length, block_size, rng))
     bidirectional = keys[:, None, :].expand(-1, ids.shape[1], -1)
     block_causal = (block[:, None, :] <= block[:, :, None]) & keys[:, None, :]
     with torch.no_grad(), model.disable_adapter():
@@ -71,23 +72,21 @@ def distill_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, shift: in
     return (ce / ratio[masked]).mean()
 
 
-def distill(base_dir: str, data_dir: str, out_dir: str, mix: dict[str, int], cfg: TrainConfig, lora: LoraSpec,
-            gen_length: int, block_size: int) -> dict:
+def distill(base_dir: str, out_dir: str, groups: list, cfg: TrainConfig, lora: LoraSpec, gen_length: int,
+            block_size: int) -> dict:
+    """Distil the teacher at `base_dir` (a tiny model or a released LLaDA / Dream checkpoint) on `groups` of
+    (prompt ids, answer ids) batches, and save the student's adapter with `save_pretrained`."""
     torch.manual_seed(cfg.seed)  # LoRA initialisation too
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    family = getattr(base.config, "d2f_family", "ar")
-    if family not in ("llada", "dream"):
-        raise ValueError(f"{base_dir} is a {family} model; distillation needs a masked-diffusion teacher")
-    model = get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=list(lora.targets), task_type="CAUSAL_LM"))
-    groups = encode_pairs(data_dir, mix, tokenizer)
+    lm = load_model(base_dir, dtype=torch.float32 if default_device().type == "cpu" else None)
+    if lm.family not in ("llada", "dream"):
+        raise ValueError(f"{base_dir} is a {lm.family} model; distillation needs a masked-diffusion teacher")
+    model = get_peft_model(lm.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     rng = torch.Generator().manual_seed(cfg.seed)
-    shift, mask_id = int(base.config.logit_shift), base.config.mask_token_id
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_id
 
     def loss_fn(m, b):
-        return distill_loss(m, b, tokenizer.pad_token_id, tokenizer.eos_token_id, mask_id, shift, gen_length,
-                            block_size, rng)
+        return distill_loss(m, b, pad_id, lm.eos_id, lm.mask_id, lm.shift, gen_length, block_size, rng)
 
     stats = fit(model, loss_fn, groups, cfg, desc=f"distill {base_dir.rstrip('/').split('/')[-1]}")
     stats["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)

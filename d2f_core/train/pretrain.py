@@ -38,6 +38,7 @@ class TrainConfig:
     max_minutes: float = 4.0  # safety cap: the schedule follows max(step, time) progress, so a slow machine anneals
     weight_decay: float = 0.01
     seed: int = 0
+    schedule: str = "cosine"  # cosine (warm-up, then cosine decay) | constant (the D2F reference: no scheduler)
 
 
 def encode_pairs(data_dir: str | Path, mix: dict[str, int], tokenizer) -> list[list[tuple[list[int], list[int]]]]:
@@ -54,6 +55,25 @@ def encode_pairs(data_dir: str | Path, mix: dict[str, int], tokenizer) -> list[l
         answers = tokenizer([bench.completion(r) for r in rows]).input_ids
         groups += [[(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers)]] * weight
     return groups
+
+
+def encode_chat_pairs(path: str | Path, tokenizer, question_key: str, answer_key: str, end_id: int,
+                      gen_length: int, chat: bool) -> list[list[tuple[list[int], list[int]]]]:
+    """The paper's distillation data (bs17k question/answer jsonl): the question as a user turn of the chat template
+    (or plain text), the answer + `end_id`; pairs whose answer exceeds `gen_length` are dropped, as the reference
+    drops overlong samples."""
+    pairs = []
+    for row in read_jsonl(path):
+        if question_key not in row or answer_key not in row:
+            raise ValueError(f"{path}: rows need {question_key!r} and {answer_key!r}; got {sorted(row)}")
+        prompt = (tokenizer.apply_chat_template([{"role": "user", "content": row[question_key]}], tokenize=False,
+                                                add_generation_prompt=True) if chat else row[question_key])
+        answer = tokenizer(row[answer_key], add_special_tokens=False).input_ids + [end_id]
+        if len(answer) <= gen_length:
+            pairs.append((tokenizer(prompt, add_special_tokens=not chat).input_ids, answer))
+    if not pairs:
+        raise ValueError(f"{path}: no pair has an answer within gen_length {gen_length}")
+    return [pairs]
 
 
 def new_llama(tokenizer, hidden_size: int, layers: int, heads: int, intermediate_size: int,
@@ -92,7 +112,8 @@ def diffusion_batch(batch, pad_id: int, eos_id: int, gen_length: int):
             raise ValueError(f"an answer of {len(a)} tokens exceeds gen_length {gen_length}; raise gen_length")
         ids[i, : len(p) + gen_length] = torch.tensor(p + a + [eos_id] * (gen_length - len(a)))
         answer[i, len(p): len(p) + gen_length] = True
-    return ids, answer, ids != pad_id
+    keys = torch.arange(T)[None, :] < torch.tensor([len(p) + gen_length for p, _ in batch])[:, None]
+    return ids, answer, keys  # keys by position: a pad id may equal EOS (Qwen2/Dream)
 
 
 def masked_diffusion_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, shift: int, gen_length: int,
@@ -111,7 +132,10 @@ def masked_diffusion_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, 
 
 
 def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
-    """AdamW with linear warm-up and cosine decay over progress = max(steps done, time used) of the budget."""
+    """AdamW with linear warm-up and cosine decay over progress = max(steps done, time used) of the budget, or a
+    constant learning rate (`schedule: constant`)."""
+    if cfg.schedule not in ("cosine", "constant"):
+        raise ValueError(f"train.schedule: {cfg.schedule!r}; valid: cosine, constant")
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA only, under peft
@@ -125,8 +149,9 @@ def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
             tqdm.write(f"{desc}: time cap of {cfg.max_minutes} min reached at step {step}/{cfg.steps}")
             break
         warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+        decay = 1.0 if cfg.schedule == "constant" else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+            group["lr"] = cfg.lr * warm * decay
         loss = loss_fn(model, rng.sample(groups[step % len(groups)], cfg.batch_size))
         opt.zero_grad(set_to_none=True)
         loss.backward()

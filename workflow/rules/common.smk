@@ -123,21 +123,27 @@ def get_base_model(wildcards):
 
 
 def get_distill_inputs(wildcards):
-    return {
-        "base": model_weights(config["adapters"][wildcards.adapter]["base"]),
-        "data": expand("{data}/{b}.train.jsonl", data=DATA, b=BENCHMARKS),
-    }
+    spec = ADAPTERS[wildcards.adapter]
+    data = spec.get("pairs") or expand(
+        "{data}/{b}.train.jsonl", data=DATA, b=BENCHMARKS
+    )
+    return {"base": model_weights(spec["base"]), "data": data}
 
 
 def get_distill_args(wildcards):
-    spec = config["adapters"][wildcards.adapter]
-    lora = spec.get("lora", {})
+    """The tiny mix of benchmark training splits, or the paper's question/answer pairs (`pairs:`)."""
+    spec = ADAPTERS[wildcards.adapter]
     args = [
         f"--base {model_dir(spec['base'])}",
         f"--block-size {spec['block_size']}",
-        f"--gen-length {config['gen_length']}",
+        f"--gen-length {spec.get('gen_length', config['gen_length'])}",
     ]
-    args += [f"--lora-{k} {v}" for k, v in lora.items()]
+    if "pairs" in spec:
+        args.append(f"--pairs {spec['pairs']}")
+        args += ["--chat"] if config["models"][spec["base"]].get("chat") else []
+    else:
+        args.append(f"--data {DATA} --benchmarks " + " ".join(get_train_mix()))
+    args += [f"--lora-{k} {v}" for k, v in spec.get("lora", {}).items()]
     args.append("--set " + " ".join(f"{k}={v}" for k, v in spec["train"].items()))
     return " ".join(args)
 

@@ -32,10 +32,8 @@ rule distill:
     threads: workflow.cores
     params:
         args=get_distill_args,
-        mix=get_train_mix(),
     shell:
-        "d2f distill {params.args} --data $(dirname {input.data[0]}) --benchmarks {params.mix} "
-        "--out $(dirname {output}) --threads {threads} > {log} 2>&1"
+        "d2f distill {params.args} --out $(dirname {output}) --threads {threads} > {log} 2>&1"
 
 
 # Released checkpoints and adapters (`source:` in the config), at the pinned revision.
