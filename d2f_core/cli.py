@@ -149,7 +149,7 @@ def cmd_aggregate(a) -> None:
 def cmd_report(a) -> None:
     from d2f_core.report.build import build_reports
 
-    build_reports(a.summary, a.out)
+    build_reports(a.summary, a.out, a.published)
     print(f"tables, Pareto plots and timelines -> {a.out}")
 
 
@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="render tables, Pareto plots and decoding timelines from summary.csv")
     s.add_argument("--summary", required=True)
     s.add_argument("--out", required=True, help="report directory")
+    s.add_argument("--published", help="the paper's numbers (CSV) to show beside the reproduced ones")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("regress", help="CI gate: compare a run with a committed reference (exit 1 on a regression)")

@@ -56,3 +56,30 @@ def test_reports_from_a_fixture_summary(tmp_path):
     assert len(tables) == 4, "the sweep cell is in table.md and the Pareto plot, not in the paper table"
     every = (out / "table.md").read_text()
     assert "15.00 ⚠ length 0.85" in every, "a faster cell with shorter answers is flagged"
+
+
+def test_tables_show_the_published_numbers_beside_the_reproduced_ones(tmp_path):
+    published = tmp_path / "published.csv"
+    published.write_text("model,benchmark,decoder,match,tps,latency,gen_length,score,source\n"
+                         "tiny-dream,tiny-gsm,fast_dllm,cache~dual,49.8,5.1,255,75.0,t\n"
+                         "tiny-dream-d2f,tiny-gsm,d2f,tau_conf~0.9,91.2,2.8,256,77.6,t\n")
+    build_reports(str(_fixture(tmp_path)), str(tmp_path / "r"), str(published))
+    tables = pd.read_csv(tmp_path / "r" / "tables.csv")
+    d2f = tables[tables["decoder"] == "d2f"].iloc[0]
+    assert d2f["published_tps"] == 91.2 and round(d2f["published_score"], 3) == 0.776
+    assert tables[tables["decoder"] == "vanilla"]["published_tps"].isna().all()
+    assert "TPS (paper)" in (tmp_path / "r" / "tables.md").read_text()
+
+
+def test_every_published_row_matches_a_paper_cell():
+    import yaml
+
+    from conftest import REPO
+    from d2f_core.config import expand_cells
+
+    config = yaml.safe_load((REPO / "workflow/config/paper.yaml").read_text())
+    cells = expand_cells(config)
+    published = pd.read_csv(REPO / config["published"], keep_default_na=False)
+    for _, p in published.iterrows():
+        assert any(c.model == p["model"] and c.benchmark == p["benchmark"] and c.decoder == p["decoder"]
+                   and p["match"] in c.params for c in cells), p.to_dict()

@@ -11,10 +11,10 @@ from d2f_core.report.timeline import load_trace, plot_timeline
 TIMELINE_DECODERS = ("ar", "vanilla", "fast_dllm", "d2f")
 
 
-def build_reports(summary_csv: str, out_dir: str) -> list[Path]:
+def build_reports(summary_csv: str, out_dir: str, published_csv: str | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df = write_tables(summary_csv, out_dir)
+    df = write_tables(summary_csv, out_dir, published_csv)
     write_pareto(df, out)
     figures = []
     ok = df[df["status"] == "ok"].sort_values(["benchmark", "in_table", "model", "params"],

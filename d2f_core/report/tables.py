@@ -99,14 +99,35 @@ def paper_layout(df: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values(["benchmark", "order", "base_model", "params"])
 
 
-def write_tables(summary_csv: str, out_dir: str) -> pd.DataFrame:
+PUBLISHED = {"published_tps": "TPS (paper)", "published_latency": "Latency (paper)",
+             "published_gen_length": "Gen. length (paper)", "published_score": "Score (paper)"}
+
+
+def with_published(paper: pd.DataFrame, published_csv: str) -> pd.DataFrame:
+    """The paper's own numbers beside each reproduced row: matched on model, benchmark, decoder and a params
+    substring (`cache~dual`); scores converted from percent to the harness's fractions."""
+    pub = pd.read_csv(published_csv, keep_default_na=False, na_values=[""])
+    out = paper.copy()
+    for column in PUBLISHED:
+        out[column] = float("nan")
+    for _, p in pub.iterrows():
+        match = "" if pd.isna(p["match"]) else p["match"]
+        hit = ((out["model"] == p["model"]) & (out["benchmark"] == p["benchmark"]) & (out["decoder"] == p["decoder"])
+               & out["params"].str.contains(match, regex=False))
+        out.loc[hit, list(PUBLISHED)] = [p["tps"], p["latency"], p["gen_length"], p["score"] / 100]
+    return out
+
+
+def write_tables(summary_csv: str, out_dir: str, published_csv: str | None = None) -> pd.DataFrame:
     raw = pd.read_csv(summary_csv)
     df = table_frame(raw)
     out = Path(out_dir)
     atomic_write_text(out / "table.csv", df.to_csv(index=False))
     atomic_write_text(out / "table.md", "# D2F Bench: every cell\n\n" + NOTE + to_markdown(displayed(df), COLUMNS))
-    paper = paper_layout(df)
+    paper, columns = paper_layout(df), PAPER
+    if published_csv:
+        paper, columns = with_published(paper, published_csv), {**PAPER, **PUBLISHED}
     atomic_write_text(out / "tables.csv", paper.drop(columns="order").to_csv(index=False))
     atomic_write_text(out / "tables.md", "# D2F Bench: the paper's table layout\n\n" + NOTE
-                      + to_markdown(displayed(paper), PAPER))
+                      + to_markdown(displayed(paper), columns))
     return raw

@@ -17,7 +17,8 @@ rule aggregate:
 
 rule report:
     input:
-        f"results/{PROFILE}/summary.csv",
+        summary=f"results/{PROFILE}/summary.csv",
+        published=config.get("published", []),
     output:
         table=f"{REPORTS}/table.md",
         tables=report(
@@ -41,8 +42,13 @@ rule report:
         f"logs/{PROFILE}/report.log",
     conda:
         "../../environment.yml"
+    params:
+        published=lambda wildcards, input: (
+            f"--published {input.published}" if input.published else ""
+        ),
     shell:
-        "d2f report --summary {input} --out $(dirname {output.table}) > {log} 2>&1"
+        "d2f report --summary {input.summary} {params.published} --out $(dirname {output.table}) "
+        "> {log} 2>&1"
 
 
 # The CI gate: `snakemake regress --cores all --configfile workflow/config/ci.yaml` (exit 1 on a regression).
