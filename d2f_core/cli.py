@@ -61,11 +61,12 @@ def cmd_fetch(a) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
-def cmd_lm_eval(a) -> None:
-    import d2f_core.bench.lm_eval_model  # noqa: F401  registers `--model d2f`
+def run_lm_eval(args: list[str]) -> None:
+    """lm-eval's own CLI, with `--model d2f` registered."""
+    import d2f_core.bench.lm_eval_model  # noqa: F401
     from lm_eval.__main__ import cli_evaluate
 
-    sys.argv = ["lm_eval", *a.args]
+    sys.argv = ["lm_eval", *args]
     cli_evaluate()
 
 
@@ -209,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fetch)
 
-    s = sub.add_parser("lm-eval", help="lm-eval's own CLI with `--model d2f` registered (args after --)")
-    s.add_argument("args", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_lm_eval)
+    sub.add_parser("lm-eval", help="lm-eval's own CLI with `--model d2f` registered (every argument is lm-eval's)")
 
     s = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the training splits")
     s.add_argument("--data", required=True)
@@ -312,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:
+        return run_lm_eval(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -85,7 +85,8 @@ def write_dream(out, tokenizer_dir, gen) -> dict:
     (out / "config.json").write_text(json.dumps(config))
     shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "DreamTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}}))
+        {"tokenizer_class": "DreamTokenizer",
+         "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}}))
     return {"embed": w["model.embed_tokens.weight"], "norm": w["model.norm.weight"], "head": w["lm_head.weight"],
             "theta": 1000000.0, "eps": 1e-6, "kv_heads": kv,
             "layers": [{k: w[f"model.layers.{i}.{name}"] for k, name in

@@ -99,7 +99,8 @@ def decode_one(dec, lm, sample_id, ids, max_new_tokens, stop, first: bool) -> di
         gen = dec.generate(ids, max_new_tokens, list(stop))
         latency = timed(lm.device) - t0
     except Exception as e:  # one problem's failure is an error row, not a crashed cell
-        return {**sample, "output": "", "tokens": 0, "latency": None, "forwards": 0, "error": f"{type(e).__name__}: {e}"}
+        return {**sample, "output": "", "tokens": 0, "latency": None, "forwards": 0,
+                "error": f"{type(e).__name__}: {e}"}
     canvas = [t for t in gen.canvas_tokens if t != lm.eos_id]
     sample.update(
         output=gen.text, tokens=len(gen.tokens), latency=latency, forwards=gen.forwards,
