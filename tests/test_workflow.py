@@ -146,3 +146,13 @@ def test_paper_adapter_can_be_distilled_here_with_the_papers_settings(tmp_path):
     assert job_counts(out.stdout)["distill"] == 1 and job_counts(out.stdout)["fetch_adapter"] == 1
     command = next(line for line in out.stdout.splitlines() if "d2f distill" in line)
     assert f"--pairs {pairs} --chat" in command and "lr=1e-05" in command and "schedule=constant" in command
+
+
+def test_a_local_model_path_without_a_checkpoint_fails_before_any_job(tmp_path):
+    config = load("paper")
+    config["models"]["dream-base"] = {"family": "dream", "path": str(tmp_path / "empty"), "gen_length": 256}
+    path = tmp_path / "paper-local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = _run(sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path))
+    assert out.returncode != 0
+    assert f"dream-base: local copy {tmp_path / 'empty'} has no config.json" in out.stderr + out.stdout

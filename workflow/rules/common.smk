@@ -2,6 +2,7 @@ import re
 
 from d2f_core.bench.benchmarks import SYNTHETIC
 from d2f_core.config import expand_cells, model_names
+from d2f_core.model.hub import check_local
 
 PROFILE = config["profile"]
 DATA = f"results/{PROFILE}/data"
@@ -23,6 +24,15 @@ def one_of(names):
 def named(section, key):
     """Names in config[section] (models or adapters) whose entry has `key` (train, source or path)."""
     return [name for name, spec in config.get(section, {}).items() if key in spec]
+
+
+# Local copies (`path:`) are checked now, so a wrong path fails before any job runs.
+for _section, _marker in (
+    ("models", "config.json"),
+    ("adapters", "adapter_config.json"),
+):
+    for _name in named(_section, "path"):
+        check_local(config[_section][_name]["path"], _name, _marker)
 
 
 wildcard_constraints:
