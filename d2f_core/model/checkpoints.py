@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 
 
 FAMILIES = ("ar", "llada", "dream")
-LLADA_MASK, LLADA_EOS, LLADA_EOT = 126336, 126081, 126348
+LLADA_MASK, LLADA_EOS = 126336, 126081  # LLaDA-Instruct ends turns with <|eot_id|> (126348), looked up by name
 DREAM_MASK = 151666
 
 # LLaDA module path -> Llama module path; module paths (not tensor names), so peft adapter keys map the same way
