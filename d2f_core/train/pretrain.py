@@ -8,8 +8,8 @@
 
 Both diffusion teachers start from the AR checkpoint (`init`): from scratch, LLaDA-style training reaches only 9-22% in
 4-8 minutes here (calibration.md), while the AR model's representations carry over. With `anneal`, attention opens
-from causal to bidirectional over the first steps (DiffuLLaMA's attention-mask annealing): the AR weights first learn
-the masked objective in the attention they were trained with. Measured here it raised both teachers (README).
+from causal to bidirectional over the first `anneal` steps (DiffuLLaMA's attention-mask annealing): the AR weights
+first learn the masked objective in the attention they were trained with. Measured here it raised both teachers.
 """
 
 from __future__ import annotations
