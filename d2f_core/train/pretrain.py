@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.model.checkpoints import set_diffusion_facts
-from d2f_core.model.masks import additive
+from d2f_core.model.masks import additive, causal
 from d2f_core.train.corpora import read_jsonl
 
 
@@ -131,8 +131,7 @@ def masked_diffusion_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, 
     noisy = ids.masked_fill(masked, mask_id)
     attend = keys[:, None, :].expand(-1, ids.shape[1], -1)  # bidirectional over real tokens
     if opened < 1:
-        attend = attend & (torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
-                           | (torch.rand(ids.shape[1], ids.shape[1]) < opened))
+        attend = attend & (causal(ids.shape[1]) | (torch.rand(ids.shape[1], ids.shape[1]) < opened))
     logits = model(input_ids=noisy, attention_mask=additive(attend, model.dtype)).logits
     if shift:
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position i predicted from hidden state i-1
