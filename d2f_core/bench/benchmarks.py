@@ -49,7 +49,7 @@ def gsm_target(row: dict) -> str:
 
 
 def gsm_scorer(strict: re.Pattern):
-    def score(row: dict, output: str) -> dict:
+    def score(row: dict, output: str, sandbox: str = "bwrap") -> dict:
         target = gsm_target(row)
         return {"correct": extract_strict(output, strict) == target,
                 "correct_flexible": extract_flexible(output) == target}
@@ -64,7 +64,7 @@ def math_equivalent(gold: str, output: str) -> bool:
     return bool(verify(parse(f"${gold}$"), parse(output)))
 
 
-def score_math(row: dict, output: str) -> dict:
+def score_math(row: dict, output: str, sandbox: str = "bwrap") -> dict:
     return {"correct": math_equivalent(row["doc"]["answer"], output)}
 
 
@@ -72,37 +72,42 @@ def score_math(row: dict, output: str) -> dict:
 REAL_CODE_LIMITS = Limits(wall_s=30, cpu_s=15, memory_mb=1024)
 
 
-def _sandboxed(program: str, limits: Limits = Limits()) -> dict:
-    outcome = run_untrusted(program, limits)
+def _sandboxed(program: str, sandbox: str, limits: Limits = Limits()) -> dict:
+    outcome = run_untrusted(program, limits, sandbox)
     return {"correct": outcome.passed, "sandbox": outcome.status, "sandbox_detail": outcome.detail}
 
 
-def score_code(row: dict, output: str) -> dict:
-    return _sandboxed(output.strip() + "\n\n" + "\n".join(row["tests"]) + "\n")
+def score_code(row: dict, output: str, sandbox: str = "bwrap") -> dict:
+    return _sandboxed(output.strip() + "\n\n" + "\n".join(row["tests"]) + "\n", sandbox)
 
 
-def score_humaneval(row: dict, output: str) -> dict:
+def score_humaneval(row: dict, output: str, sandbox: str = "bwrap") -> dict:
     doc = row["doc"]
     program = humaneval_program(doc["prompt"], output, doc["entry_point"])
-    return _sandboxed(f"{program}\n\n{doc['test']}\ncheck({doc['entry_point']})\n", REAL_CODE_LIMITS)
+    return _sandboxed(f"{program}\n\n{doc['test']}\ncheck({doc['entry_point']})\n", sandbox, REAL_CODE_LIMITS)
 
 
-def score_mbpp(row: dict, output: str) -> dict:
+def score_mbpp(row: dict, output: str, sandbox: str = "bwrap") -> dict:
     """Program, then the task's setup code (objects the asserts use, built from the program's classes), then asserts."""
     doc = row["doc"]
     setup = doc.get("test_setup_code", "")
-    return _sandboxed(f"{mbpp_program(output, doc['test_list'])}\n\n{setup}\n" + "\n".join(doc["test_list"]) + "\n",
-                      REAL_CODE_LIMITS)
+    program = f"{mbpp_program(output, doc['test_list'])}\n\n{setup}\n" + "\n".join(doc["test_list"]) + "\n"
+    return _sandboxed(program, sandbox, REAL_CODE_LIMITS)
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    score: Callable[[dict, str], dict]  # -> {"correct": bool, ...}; the cell's score is the mean of "correct"
+    score: Callable[..., dict]  # (row, output, sandbox) -> {"correct": bool, ...}; the score is the mean of "correct"
     metric: str
     template: str = ""  # synthetic: the prompt, formatted with the row
     stop: tuple[str, ...] = ()  # synthetic: stop strings
     task: str | None = None  # real: the lm-eval task whose prompts and stop sequences the test file holds
+
+    @property
+    def runs_code(self) -> bool:
+        """Scored by running the answer (in the sandbox)."""
+        return self.score in (score_code, score_humaneval, score_mbpp)
 
     @property
     def synthetic(self) -> bool:

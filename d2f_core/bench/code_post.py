@@ -34,7 +34,7 @@ def longest_valid_program(code: str, entry_point: str | None) -> str:
             with warnings.catch_warnings():  # invalid escapes in generated code are the program's problem
                 warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
                 tree = ast.parse(candidate)
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):  # null bytes, nesting past the parser's depth
             continue
         if entry_point is None or defines(tree, entry_point):
             return candidate.rstrip()

@@ -36,6 +36,8 @@ rule score:
     params:
         profile=PROFILE,
         base=get_base_model,
+        sandbox=config["sandbox"],
     shell:
         "d2f score --cell $(dirname {input.meter}) --data $(dirname {input.data}) --profile {params.profile} "
-        "--model-name {wildcards.model} --base-model {params.base} > {log} 2>&1"
+        "--model-name {wildcards.model} --base-model {params.base} --sandbox {params.sandbox} > {log} 2>&1 "
+        "|| (tail -3 {log}; exit 1)"
