@@ -1,11 +1,14 @@
 # D2F Bench: the reproduction DAG. Profiles: workflow/config/{tiny,ci}.yaml (tiny is the default).
 from snakemake.utils import min_version, validate
 
+from d2f_core.config import check_yaml
+
 min_version("9.0")
 
 
 # The tiny profile is the default; `--configfile` replaces it (rather than being merged into it).
 if not workflow.overwrite_configfiles:
+    check_yaml("workflow/config/tiny.yaml")
 
     configfile: "workflow/config/tiny.yaml"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StaticCache
 
-from d2f_core.decode.base import Decoder, Generation, register_decoder
+from d2f_core.decode.base import Decoder, Generation, param, register_decoder
 
 
 STOP_WINDOW = 16  # tokens decoded to look for a stop string: enough for any stop string, O(1) per step
@@ -20,7 +20,7 @@ STOP_WINDOW = 16  # tokens decoded to look for a stop string: enough for any sto
 
 @dataclass(frozen=True)
 class ARParams:
-    cache: str = "dynamic"  # dynamic | static
+    cache: str = param("dynamic", choices=("dynamic", "static"))
     compile: bool = False  # torch.compile the decode step (static cache only)
 
 
@@ -31,8 +31,6 @@ class ARDecoder(Decoder):
     def check(self) -> None:
         if self.lm.family != "ar":
             raise ValueError(f"decoder 'ar' needs an autoregressive model; {self.lm.path} is a {self.lm.family} model")
-        if self.p.cache not in ("dynamic", "static"):
-            raise ValueError(f"ar.cache: {self.p.cache!r}; valid: dynamic, static")
         if self.p.compile and self.p.cache != "static":
             raise ValueError("ar.compile needs ar.cache: static (compiled steps need fixed cache shapes)")
         self._static, self._static_len, self._step = None, 0, self.lm.model

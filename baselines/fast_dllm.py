@@ -1,13 +1,18 @@
 """Fast-dLLM (arXiv 2505.22618): approximate block KV caches and confidence-aware parallel decoding, training-free.
 
-Semi-autoregressive blocks as in vanilla decoding, but a block takes as many steps as it needs: each step commits the
-masked positions of the current block chosen by `rule` (at least one):
-- threshold: every confidence strictly above `threshold`;
-- factor: the largest n with (n + 1)(1 - c_n) < `factor` over confidences sorted descending (Theorem 1).
-Caches (`cache`), refreshed by one full forward at each block's start, whose predictions also serve its first step:
-- none: every step is a full bidirectional forward;
-- prefix: the K/V of everything before the block are reused; a step feeds the block and every later position;
-- dual: the K/V of the suffix are reused too; a step feeds the current block only.
+Semi-autoregressive blocks as in vanilla decoding, but a block takes as many steps as it needs. The rules follow the
+official code (NVlabs/Fast-dLLM `llada/generate.py`, `dream/model/generation_utils_block.py`) line for line:
+- commit (`rule`, over the current block's masked positions, in `primitives`): threshold keeps the top confidence
+  and every other one >= `threshold` (`get_transfer_index`); factor walks the sorted confidences and stops at the
+  first c_n < 1 - factor / (n + 1) (`get_transfer_index_dynamic`, Theorem 1);
+- precision: LLaDA takes the softmax in float64, Dream in the model's dtype (`primitives.softmax_dtype`);
+- caches (`cache`): each block starts with a refresh, one full forward over the canvas whose K/V are kept (prefix:
+  everything before the block; dual: also everything after it); `none` runs a full forward at every step;
+- the refresh commits by the rule on LLaDA, and commits the block's first position, whatever its confidence, on
+  Dream (`x[:, current_block_start] = x0[:, current_block_start]`);
+- after the refresh the official loop runs a cached forward before it tests whether the block is done, so a block
+  the refresh completed still costs one forward that commits nothing. `skip_done: true` drops that forward (same
+  tokens, fewer forwards); off by default, so the reproduced rows measure what the paper measured.
 Reused K/V are stale (computed before the block changed), which is why the cache is approximate, unlike D2F's.
 """
 
@@ -18,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from baselines.vanilla import check_blocks, check_diffusion_model
-from d2f_core.decode.base import Decoder, Generation, register_decoder
-from d2f_core.decode.primitives import commit_factor, commit_threshold
+from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.primitives import (check_blocks, check_diffusion_model, commit_factor, commit_threshold,
+                                        probabilities, softmax_dtype)
 from d2f_core.model.forward import hidden_states, lm_head
 from d2f_core.model.masks import bidirectional
 
@@ -29,11 +34,12 @@ CACHES, RULES = ("none", "prefix", "dual"), ("threshold", "factor")
 
 @dataclass(frozen=True)
 class FastDLLMParams:
-    block_size: int = 8
-    cache: str = "prefix"  # none | prefix | dual
-    rule: str = "threshold"  # threshold | factor
-    threshold: float = 0.9
-    factor: float = 1.0
+    block_size: int = param(8, low=1, length="divides")
+    cache: str = param("prefix", choices=CACHES)
+    rule: str = param("threshold", choices=RULES)
+    threshold: float = param(0.9, low=0, high=1)
+    factor: float = param(1.0, low=0)
+    skip_done: bool = False  # True: no cached forward after a refresh that completed its block (not the official loop)
 
 
 def keep_positions(cache: DynamicCache, lo: int, hi: int) -> None:
@@ -49,12 +55,7 @@ class FastDLLMDecoder(Decoder):
 
     def check(self) -> None:
         check_diffusion_model(self)
-        if self.p.cache not in CACHES or self.p.rule not in RULES:
-            raise ValueError(f"fast_dllm: cache must be one of {CACHES} and rule one of {RULES}")
-
-    def commit(self, conf: torch.Tensor) -> torch.Tensor:
-        return commit_threshold(conf, self.p.threshold) if self.p.rule == "threshold" else commit_factor(
-            conf, self.p.factor)
+        self.dtype = softmax_dtype("fast_dllm", self.lm.family)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
@@ -62,36 +63,57 @@ class FastDLLMDecoder(Decoder):
         n_blocks = check_blocks(max_new_tokens, p.block_size)
         P, B, total = len(prompt_ids), p.block_size, len(prompt_ids) + max_new_tokens
         x = torch.tensor(prompt_ids + [lm.mask_id] * max_new_tokens, device=lm.device)
-        forwards, positions, trace = 0, 0, []
+        self.forwards, self.positions, self.trace = 0, 0, []
         for b in range(n_blocks):
             lo, hi = P + b * B, P + (b + 1) * B
-            cache, step_in_block = None, 0
-            while (x[lo:hi] == lm.mask_id).any():
-                if step_in_block == 0 or p.cache == "none":  # refresh: a full forward over the whole canvas
-                    cache = DynamicCache(config=lm.model.config) if p.cache != "none" else None
-                    hidden = hidden_states(lm.model, x[None], bidirectional(total), cache)[0]
-                    src, first = hidden, 0
-                    if p.cache == "prefix":
-                        cache.crop(lo - total)
-                    elif p.cache == "dual":
-                        keep_positions(cache, lo, hi)
-                    carry = hidden[lo - 1]  # predicts position lo when logits are shifted (Dream)
-                    positions += total
-                else:
-                    end = total if p.cache == "prefix" else hi
-                    cached = cache.get_seq_length()
-                    hidden = hidden_states(lm.model, x[None, lo:end], bidirectional(end - lo, cached + end - lo),
-                                           cache, start=lo)[0]
-                    cache.crop(lo - end)  # the query's K/V are not kept: the cache stays as refreshed
-                    src, first = torch.cat([carry[None], hidden]), lo - 1
-                    positions += end - lo
-                forwards += 1
-                rows = torch.arange(lo, hi, device=lm.device) - lm.shift - first
-                probs = torch.softmax(lm_head(lm.model, src[rows]), dim=-1)
-                conf, x0 = probs.max(dim=-1)
-                masked = (x[lo:hi] == lm.mask_id).nonzero().flatten()
-                pick = masked[self.commit(conf[masked])]
-                x[lo + pick] = x0[pick]
-                trace += [(forwards - 1, lo + i - P, b) for i in pick.tolist()]
-                step_in_block += 1
-        return self.finish(x[P:].tolist(), stop, forwards, positions, trace)
+            if p.cache == "none":  # Fast-dLLM's `generate`: a full forward per step until the block is done
+                while self.masked(x, lo, hi).numel():
+                    self.commit(x, lo, hi, *self.refresh(x, lo, hi, total)[1:], P, b)
+                continue
+            cache, src, first = self.refresh(x, lo, hi, total)
+            self.commit(x, lo, hi, src, first, P, b, first_only=lm.family == "dream")
+            carry = src[lo - 1]  # predicts position lo when logits are shifted (Dream)
+            while True:  # the official loop: a cached forward first, then the test
+                if p.skip_done and not self.masked(x, lo, hi).numel():
+                    break
+                end = total if p.cache == "prefix" else hi
+                hidden = hidden_states(lm.model, x[None, lo:end],
+                                       bidirectional(end - lo, cache.get_seq_length() + end - lo), cache, start=lo)[0]
+                cache.crop(lo - end)  # the query's K/V are not kept: the cache stays as refreshed
+                self.forwards, self.positions = self.forwards + 1, self.positions + end - lo
+                self.commit(x, lo, hi, torch.cat([carry[None], hidden]), lo - 1, P, b)
+                if not self.masked(x, lo, hi).numel():
+                    break
+        return self.finish(x[P:].tolist(), stop, self.forwards, self.positions, self.trace)
+
+    def masked(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return (x[lo:hi] == self.lm.mask_id).nonzero().flatten()
+
+    def refresh(self, x: torch.Tensor, lo: int, hi: int, total: int):
+        """A full forward over the canvas; keeps the K/V the cache mode reuses. Returns (cache, hidden, 0)."""
+        cache = DynamicCache(config=self.lm.model.config) if self.p.cache != "none" else None
+        hidden = hidden_states(self.lm.model, x[None], bidirectional(total), cache)[0]
+        if self.p.cache == "prefix":
+            cache.crop(lo - total)
+        elif self.p.cache == "dual":
+            keep_positions(cache, lo, hi)
+        self.forwards, self.positions = self.forwards + 1, self.positions + total
+        return cache, hidden, 0
+
+    def commit(self, x, lo: int, hi: int, src: torch.Tensor, first: int, P: int, b: int,
+               first_only: bool = False) -> None:
+        """Commit block [lo, hi)'s chosen masked positions from `src` (row 0 is position `first`); `first_only`: the
+        Dream refresh, which commits the block's first position whatever its confidence."""
+        masked = self.masked(x, lo, hi)
+        if not len(masked):  # the forward after a completed block commits nothing
+            return
+        conf, x0 = probabilities(lm_head(self.lm.model, src[lo + masked - self.lm.shift - first]),
+                                 self.dtype).max(dim=-1)
+        if first_only:
+            pick = torch.zeros(1, dtype=torch.long, device=x.device)
+        elif self.p.rule == "threshold":
+            pick = commit_threshold(conf, self.p.threshold)
+        else:
+            pick = commit_factor(conf, self.p.factor)
+        x[lo + masked[pick]] = x0[pick]
+        self.trace += [(self.forwards - 1, int(i) - P, b) for i in (lo + masked[pick]).tolist()]

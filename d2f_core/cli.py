@@ -17,6 +17,28 @@ def _kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a generation length of 0 decodes nothing and scores nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def prompt_text(text: str) -> str:
+    """argparse type: a non-empty prompt that is valid UTF-8 (bytes that are not arrive as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise argparse.ArgumentTypeError(f"the prompt is not valid UTF-8 (byte {e.start}); pass UTF-8 text") from None
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the prompt is empty; give the text to continue")
+    return text
+
+
 def _train_config(items: list[str] | None):
     """`--set key=value` items -> a TrainConfig, each value read as its field's type."""
     from d2f_core.train.pretrain import TrainConfig
@@ -87,13 +109,16 @@ def cmd_train(a) -> None:
     import torch
 
     from d2f_core.bench.io import atomic_write_json
-    from d2f_core.train.pretrain import train_model
+    from d2f_core.train.pretrain import TrainingCutShort, train_model
 
     if a.threads:
         torch.set_num_threads(a.threads)
     arch = {k: int(v) for k, v in _kv(a.arch).items()} or None
     cfg = _train_config(a.set)
-    stats = train_model(a.family, a.data, a.tokenizer, a.out, _mix(a.benchmarks), cfg, a.gen_length, arch, a.init)
+    try:
+        stats = train_model(a.family, a.data, a.tokenizer, a.out, _mix(a.benchmarks), cfg, a.gen_length, arch, a.init)
+    except TrainingCutShort as e:
+        raise SystemExit(f"error: {e}") from None
     atomic_write_json(f"{a.out}/train_stats.json", {"family": a.family, "init": a.init, **vars(cfg), **stats})
     print(json.dumps(stats))
 
@@ -104,7 +129,7 @@ def cmd_distill(a) -> None:
     from d2f_core.bench.io import atomic_write_json
     from d2f_core.model.load import tokenizer_of
     from d2f_core.train.distill import LoraSpec, distill
-    from d2f_core.train.pretrain import encode_chat_pairs, encode_pairs
+    from d2f_core.train.pretrain import TrainingCutShort, encode_chat_pairs, encode_pairs
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -118,7 +143,10 @@ def cmd_distill(a) -> None:
         groups = encode_chat_pairs(a.pairs, tokenizer, a.question_key, a.answer_key, end, a.gen_length, a.chat)
     else:
         groups = encode_pairs(a.data, _mix(a.benchmarks), tokenizer)
-    stats = distill(a.base, a.out, groups, cfg, lora, a.gen_length, a.block_size)
+    try:
+        stats = distill(a.base, a.out, groups, cfg, lora, a.gen_length, a.block_size)
+    except TrainingCutShort as e:
+        raise SystemExit(f"error: {e}") from None
     atomic_write_json(f"{a.out}/distill_stats.json", {"base": a.base, "block_size": a.block_size, **vars(cfg),
                                                        "lora": vars(lora), "pairs": a.pairs, **stats})
     print(json.dumps(stats))
@@ -134,9 +162,13 @@ def cmd_decode(a) -> None:
 
 
 def cmd_score(a) -> None:
+    from d2f_core.bench.sandbox import SandboxUnavailable
     from d2f_core.bench.scoring import score_cell
 
-    s = score_cell(a.cell, a.data, a.profile, a.model_name, a.base_model)
+    try:
+        s = score_cell(a.cell, a.data, a.profile, a.model_name, a.base_model, a.sandbox)
+    except SandboxUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"{a.cell}: status {s['status']}, score {s.get('score')}, tps {s.get('tps')}")
 
 
@@ -172,9 +204,10 @@ def cmd_regress(a) -> None:
 def cmd_generate(a) -> None:
     import dataclasses
 
-    from d2f_core.decode.base import build_decoder
+    from d2f_core.decode.base import build_decoder, check_params
     from d2f_core.model.load import load_model
 
+    check_params(a.decoder, _kv(a.param), a.max_new_tokens)  # before the model loads
     lm = load_model(a.model, adapter=a.adapter)
     dec = build_decoder(a.decoder, lm, **_kv(a.param))
     gen = dec.generate(lm.tokenizer(a.prompt).input_ids, a.max_new_tokens, a.stop or [])
@@ -259,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--decoder", required=True)
     s.add_argument("--params", default="default", help="key~value pairs joined by ',' (the cell's directory name)")
-    s.add_argument("--max-new-tokens", type=int, required=True)
+    s.add_argument("--max-new-tokens", type=positive_int, required=True)
     s.add_argument("--limit", type=int, help="first N test problems only")
     s.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up generations")
     s.add_argument("--threads", type=int)
@@ -273,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", required=True)
     s.add_argument("--model-name", required=True, help="the cell's model name in the config")
     s.add_argument("--base-model", help="for an adapter: the model it was distilled from (speed-up reference)")
+    s.add_argument("--sandbox", choices=["bwrap", "rlimit"], default="bwrap",
+                   help="how generated code is isolated: bwrap (namespaces; the default) or rlimit (limits only: "
+                        "opt in where user namespaces are forbidden)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("aggregate", help="collect summary.json files into summary.csv")
@@ -302,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter")
     s.add_argument("--decoder", required=True)
     s.add_argument("--param", nargs="*", metavar="KEY=VALUE")
-    s.add_argument("--prompt", required=True)
-    s.add_argument("--max-new-tokens", type=int, default=48)
+    s.add_argument("--prompt", required=True, type=prompt_text)
+    s.add_argument("--max-new-tokens", type=positive_int, default=48)
     s.add_argument("--stop", nargs="*")
     s.add_argument("--json", action="store_true", help="print the whole Generation record")
     s.set_defaults(func=cmd_generate)
@@ -317,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, UnicodeError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from d2f_core.bench.benchmarks import BENCHMARKS
 from d2f_core.bench.runner import params_label
-from d2f_core.decode.base import decoder_names, decoder_params
+from d2f_core.decode.base import check_params, decoder_names, decoder_params
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,26 @@ class Cell:
         return f"results/{profile}/{self.model}/{self.benchmark}/{self.decoder}/{self.params}"
 
 
+def check_yaml(path: str) -> None:
+    """A YAML syntax error named by file and line (Snakemake's own message names neither)."""
+    import yaml
+
+    try:
+        yaml.safe_load(open(path, encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else path
+        raise ValueError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the config file") from None
+
+
 def model_names(config: dict) -> list[str]:
     return list(config["models"]) + list(config.get("adapters", {}))
+
+
+def gen_length_of(config: dict, name: str) -> int:
+    """max_new_tokens of a model's cells: its base model's `gen_length`, else the profile's."""
+    base = config.get("adapters", {}).get(name, {}).get("base", name)
+    return config["models"][base].get("gen_length", config["gen_length"])
 
 
 def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
@@ -43,9 +61,9 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
         valid = decoder_params(entry["decoder"])
         points = entry.get("params", {})
         points = points if isinstance(points, list) else [points]  # a list of grids: their union
-        for key in (k for grid in points for k in grid):
-            if key not in valid:
-                raise ValueError(f"{where}.params: decoder {entry['decoder']!r} has no parameter {key!r}; "
+        for name in (k for grid in points for k in grid):
+            if name not in valid:
+                raise ValueError(f"{where}.params: decoder {entry['decoder']!r} has no parameter {name!r}; "
                                  f"valid: {', '.join(valid) or 'none'}")
         benchmarks = entry.get("benchmarks", list(config["data"]["benchmarks"]))
         for b in benchmarks:
@@ -55,6 +73,11 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
         for grid in points:
             axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
             for values in itertools.product(*axes.values()):
-                label = params_label(dict(zip(axes, values)))
+                point = dict(zip(axes, values))
+                try:  # the decoder's own declaration of its valid values, at parse time
+                    check_params(entry["decoder"], point, gen_length_of(config, entry["model"]))
+                except ValueError as e:
+                    raise ValueError(f"{where} ({entry['model']}, {entry['decoder']} {point}): {e}") from None
+                label = params_label(point)
                 cells += [Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks]
     return list(dict.fromkeys(cells))  # duplicates across entries collapse to one cell

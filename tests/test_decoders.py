@@ -77,8 +77,8 @@ def test_vanilla_never_remasks(models, prompts, monkeypatch):
     seen = []
     real = vanilla.greedy_with_confidence
 
-    def spy(logits, kind, rng):
-        x0, conf = real(logits, kind, rng)
+    def spy(logits, kind, rng, dtype=None):
+        x0, conf = real(logits, kind, rng, dtype)
         seen.append(x0.clone())
         return x0, conf
 

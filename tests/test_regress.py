@@ -97,9 +97,21 @@ def test_paired_comparison_uses_per_problem_results(tmp_path, ref):
     assert run("--summary", summary(tmp_path / "now.csv", drop), "--reference", ref) == 1
 
 
+def _edited(tmp_path, edit) -> str:
+    """A summary.csv damaged the way a kill or a hand edit damages it: header only, truncated, non-numeric."""
+    path = tmp_path / "now.csv"
+    path.write_text(edit(open(summary(path)).read()))
+    return str(path)
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda p: str(p / "absent.csv"), "absent.csv: file not found"),
     (lambda p: (p / "bad.csv").write_text("model,benchmark\nx,y\n") and str(p / "bad.csv"), "missing column"),
+    (lambda p: _edited(p, lambda text: text.splitlines()[0] + "\n"), "a header and no cells"),
+    (lambda p: _edited(p, lambda text: text[: text.rindex(",ok,") + 4]), "not a number for the ok cell"),
+    (lambda p: _edited(p, lambda text: text[: text.rindex(",ok,")]), "status must be ok or failed"),
+    (lambda p: _edited(p, lambda text: text.replace(",400.0,", ",fast,")), "column 'tps' is not a number"),
+    (lambda p: _edited(p, lambda text: text[: len(text) // 2]), "now.csv"),
 ])
 def test_unusable_input_exits_2_naming_it(tmp_path, ref, capsys, make, message):
     assert run("--summary", make(tmp_path), "--reference", ref) == 2

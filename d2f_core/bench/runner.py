@@ -1,8 +1,11 @@
 """Decode one cell (model x benchmark x decoder x params): warm up, then time every `generate` call.
 
 Every finished problem is appended to `generations.partial.jsonl` at once, so a killed run resumes where it stopped;
-the file becomes `generations.jsonl` when the cell is complete. A cell that cannot run (bad model path, decoder
-error) is recorded as failed in `meter.json` with its error, and the workflow goes on with the other cells.
+the file becomes `generations.jsonl` when the cell is complete. `generations.partial.identity.json` records what
+produced the partial rows (model and adapter fingerprints, decoder, parameters, data hash, generation length); a
+resume continues them only when all of it matches, so a cell never mixes two models. A cell that cannot run (bad
+model path, bad parameter, a prompt longer than the model's context, non-finite logits) is recorded as failed in
+`meter.json` with its error, and the workflow goes on with the other cells.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.gpu_slot import claim_gpu
 from d2f_core.bench.io import JsonlAppender, atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
 from d2f_core.bench.meter import Meter, timed
-from d2f_core.decode.base import build_decoder
+from d2f_core.decode.base import build_decoder, check_params
 from d2f_core.model.load import load_model
 from d2f_core.train.corpora import read_jsonl
 
@@ -52,23 +55,29 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
     if threads:
         torch.set_num_threads(threads)
     try:
+        check_params(decoder, params, max_new_tokens)  # before any model is loaded
         bench = get_benchmark(benchmark)
         rows = read_jsonl(bench.test_file(data_dir))[:limit]
+        identity = {"model": fingerprint(model), "adapter": fingerprint(adapter) if adapter else None,
+                    "merge": merge, "decoder": decoder, "params": params, "max_new_tokens": max_new_tokens,
+                    "data": file_hash(bench.test_file(data_dir)), "chat": chat}
+        done = resumable(partial, identity)
         record["gpu_index"] = claim_gpu()
         lm = load_model(model, adapter=adapter, merge=merge)
         dec = build_decoder(decoder, lm, **params)
         record["device_info"] = device_info(lm.device)
-        done = read_jsonl_tolerant(partial)
-        rewrite_jsonl(partial, done)  # drop a line torn by a kill
         record["resumed_from"] = len(done)
         todo = rows[len(done):]
         prompts = [prompt_ids(lm, bench, r, chat) for r in todo]
+        for row, ids in zip(todo, prompts):
+            check_fits(lm, row["id"], ids, max_new_tokens)
         for row, ids in list(zip(todo, prompts))[:warmup]:  # never recorded: first-call allocations, lazy init
             dec.generate(ids, max_new_tokens, bench.stops(row))
         meter, log = Meter(lm.device), JsonlAppender(partial)
         meter.start()
         for row, ids in tqdm(list(zip(todo, prompts)), desc=f"{decoder} {Path(model).name} {benchmark}",
                              mininterval=5):
+            check_finite(lm, row["id"], ids)  # outside the timed call: one forward over the prompt
             log.write(decode_one(dec, lm, row["id"], ids, max_new_tokens, bench.stops(row),
                                  first=not done and row is rows[0]))
         record["meter"] = meter.stop()
@@ -80,6 +89,54 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
         final.touch()
     atomic_write_json(out / "meter.json", record)
     return record
+
+
+def fingerprint(path: str) -> dict:
+    """What identifies a model or adapter directory without hashing gigabytes: its config's hash and the name, size
+    and modification time of every weight file."""
+    root = Path(path)
+    config = next((root / n for n in ("config.json", "adapter_config.json") if (root / n).exists()), None)
+    weights = sorted(p for p in root.glob("*") if p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
+    return {"config": file_hash(config) if config else None,
+            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def resumable(partial: Path, identity: dict) -> list[dict]:
+    """The partial rows to continue, if the same model, adapter, decoder, parameters and data wrote them; else []."""
+    meta = partial.with_name("generations.partial.identity.json")
+    done = read_jsonl_tolerant(partial)
+    if done and (not meta.exists() or json.loads(meta.read_text()) != json.loads(json.dumps(identity))):
+        print(f"discarding {len(done)} partial generations in {partial}: written by another model, adapter, decoder, "
+              f"parameters or data than this run's")
+        done = []
+    rewrite_jsonl(partial, done)  # also drops a line torn by a kill
+    atomic_write_json(meta, identity)
+    return done
+
+
+def check_fits(lm, sample_id, ids: list[int], max_new_tokens: int) -> None:
+    """A prompt that leaves no room for the generation would decode silently past the model's positions."""
+    if not ids:
+        raise ValueError(f"problem {sample_id}: the prompt is empty (no tokens); check the test file")
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit is not None and len(ids) + max_new_tokens > limit:
+        raise ValueError(f"problem {sample_id}: prompt of {len(ids)} tokens + generation length {max_new_tokens} "
+                         f"exceeds the model's {limit} positions (max_position_embeddings); use fewer shots, a "
+                         f"shorter generation length or `limit`-ed documents")
+
+
+@torch.inference_mode()
+def check_finite(lm, sample_id, ids: list[int]) -> None:
+    """NaN or infinite weights, or an overflow, give garbage answers that would be scored as a model's; fail instead."""
+    logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), logits_to_keep=1).logits
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError(f"problem {sample_id}: the model's logits are not finite (NaN or inf) on this "
+                                 f"prompt; the checkpoint {lm.path} (adapter {lm.adapter}) is broken or overflows "
+                                 f"in {lm.model.dtype}")
 
 
 def prompt_ids(lm, bench, row: dict, chat: bool) -> list[int]:

@@ -15,23 +15,37 @@ from tqdm import tqdm
 
 from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.io import atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
+from d2f_core.bench.sandbox import DETAIL_CHARS, check_sandbox
 from d2f_core.bench.stats import bootstrap_mean, bootstrap_ratio
 from d2f_core.train.corpora import read_jsonl
 
 
-def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str, base_model: str | None = None) -> dict:
+def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str, base_model: str | None = None,
+               sandbox: str = "bwrap") -> dict:
+    """Score every sample; code runs in `sandbox` (checked first: a sandbox that cannot start stops here)."""
     cell = Path(cell_dir)
     run = json.loads((cell / "meter.json").read_text())
     bench = get_benchmark(run["benchmark"])
+    if bench.runs_code:
+        check_sandbox(sandbox)
     rows = {r["id"]: r for r in read_jsonl(bench.test_file(data_dir))}
-    samples = []
-    for s in tqdm(read_jsonl_tolerant(cell / "generations.jsonl"), desc=f"score {cell}", mininterval=5):
-        verdict = {"correct": False} if s.get("error") else bench.score(rows[s["id"]], s["output"])
-        samples.append({**s, **verdict})
+    samples = [{**s, **verdict_of(bench, rows[s["id"]], s, sandbox)}
+               for s in tqdm(read_jsonl_tolerant(cell / "generations.jsonl"), desc=f"score {cell}", mininterval=5)]
     rewrite_jsonl(cell / "samples.jsonl", samples)
     summary = summarize(samples, run, profile, model_name, base_model or model_name, bench.metric, cell_dir)
+    summary["sandbox"] = sandbox if bench.runs_code else None
     atomic_write_json(cell / "summary.json", summary)
     return summary
+
+
+def verdict_of(bench, row: dict, sample: dict, sandbox: str) -> dict:
+    """One problem's verdict; whatever its output does to post-processing or scoring fails that problem alone."""
+    if sample.get("error"):
+        return {"correct": False}
+    try:
+        return bench.score(row, sample["output"], sandbox)
+    except Exception as e:  # RecursionError or MemoryError on a pathological answer, a decode error, ...
+        return {"correct": False, "score_error": f"{type(e).__name__}: {e}"[:DETAIL_CHARS]}
 
 
 def summarize(samples: list[dict], run: dict, profile: str, model_name: str, base_model: str, metric: str,
@@ -45,7 +59,12 @@ def summarize(samples: list[dict], run: dict, profile: str, model_name: str, bas
            "device": run.get("device_info"), "versions": run["versions"], "git_sha": run["git_sha"]}
     ok = [s for s in samples if not s.get("error")]
     if run["status"] != "ok" or not ok:
-        out.update(status="failed", error=run["error"] or f"all {len(samples)} samples failed")
+        reasons = sorted({s["error"] for s in samples if s.get("error")})[:3]
+        why = f"all {len(samples)} samples failed" + (f" ({'; '.join(reasons)})" if reasons else "")
+        out.update(status="failed", error=run["error"] or (why if samples else "the cell has no samples"))
+        return out
+    if not sum(s["latency"] for s in ok) or not sum(s["forwards"] for s in ok):
+        out.update(status="failed", error="no time or no forward was recorded (a generation length of 0?)")
         return out
     correct = [float(s["correct"]) for s in samples]
     tokens, latency = [s["tokens"] for s in ok], [s["latency"] for s in ok]

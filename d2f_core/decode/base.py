@@ -7,7 +7,8 @@ at batch size 1. Timing is not its business: the cell runner times `generate`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 from d2f_core.model.load import LoadedModel
@@ -58,6 +59,46 @@ def truncate(tokenizer, ids: list[int], eos_id: int, stop) -> tuple[list[int], s
     return list(ids[:n]), text[:cut]
 
 
+def param(default, *, low: float | None = None, high: float | None = None, choices: tuple = (),
+          length: str | None = None):
+    """A decoder parameter with its valid values, declared once: [low, high] (inclusive), one of `choices`, and how
+    it must relate to the generation length (`length`: "divides" or "at_most"). `check_params` enforces it at config
+    parse, build and CLI time."""
+    return field(default=default, metadata={"low": low, "high": high, "choices": tuple(choices), "length": length})
+
+
+def check_params(name: str, params: dict, max_new_tokens: int | None = None):
+    """`params` (strings from a CLI or a path, or YAML values) -> decoder `name`'s typed Params, or a ValueError
+    naming the parameter, the value and what is allowed. With `max_new_tokens`, the length rules are checked too."""
+    cls = _lookup(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(f"decoder {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(fields)}")
+    typed = {k: _coerce(v, type(fields[k].default), f"{name}.{k}") for k, v in params.items()}
+    for key, value in typed.items():
+        rule, label = fields[key].metadata, f"{name}.{key} = {value!r}"
+        if rule.get("choices") and value not in rule["choices"]:
+            raise ValueError(f"{label}: valid values are {', '.join(map(str, rule['choices']))}")
+        low, high = rule.get("low"), rule.get("high")
+        if isinstance(value, float) and not math.isfinite(value) or (
+                low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"{label}: must be in [{'-inf' if low is None else low}, "
+                             f"{'inf' if high is None else high}]")
+    p = cls.Params(**typed)
+    if max_new_tokens is not None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens = {max_new_tokens}: must be at least 1")
+        for f in dataclasses.fields(p):
+            rule, value = f.metadata.get("length"), getattr(p, f.name)
+            if rule == "divides" and max_new_tokens % value or rule == "at_most" and value > max_new_tokens:
+                what = "divide" if rule == "divides" else "be at most"
+                raise ValueError(f"{name}.{f.name} = {value}: must {what} the generation length {max_new_tokens}")
+        if hasattr(p, "check_length"):
+            p.check_length(max_new_tokens)
+    return p
+
+
 DECODERS: dict[str, type[Decoder]] = {}
 
 
@@ -86,13 +127,7 @@ def decoder_params(name: str) -> dict[str, object]:
 
 def build_decoder(name: str, lm: LoadedModel, **params) -> Decoder:
     """Build a registered decoder; string values (from the CLI or a path) are converted to the field's type."""
-    cls = _lookup(name)
-    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise ValueError(f"decoder {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(fields)}")
-    typed = {k: _coerce(v, type(fields[k].default), f"{name}.{k}") for k, v in params.items()}
-    return cls(lm, cls.Params(**typed))
+    return _lookup(name)(lm, check_params(name, params))
 
 
 def _lookup(name: str) -> type[Decoder]:
@@ -110,6 +145,8 @@ def _coerce(value, kind: type, label: str):
             if str(value).lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
             return str(value).lower() in ("true", "1")
+        if isinstance(value, bool):  # YAML `true` is no number
+            raise ValueError(value)
         if kind is int:
             return int(float(value)) if float(value).is_integer() else int(value)
         return kind(value)

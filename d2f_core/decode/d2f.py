@@ -7,7 +7,8 @@ The answer grows block by block while earlier blocks are still being decoded. On
    so the first block is fully activated at once;
 3. forward every uncached position under the block-causal mask (the cache holds the prompt and finished blocks);
 4. in every active block, commit each masked position whose confidence is strictly > tau_conf; if none passes, a
-   fully activated block commits its single most confident position and a semi-activated block commits nothing;
+   fully activated block commits its single most confident position and a semi-activated block commits nothing
+   (confidences are a softmax in the model's dtype, compared with tau_conf in that dtype, as the reference does);
 5. a finished block becomes `to_cache` once every earlier block is finished; its K/V enter the cache through the
    next step's forward, so caching costs no extra forward.
 Under block-causal attention a block's K/V depend only on the prompt, earlier blocks and itself, so the cache is
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from baselines.vanilla import check_blocks, check_diffusion_model
-from d2f_core.decode.base import Decoder, Generation, register_decoder
+from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.primitives import check_diffusion_model, probabilities, softmax_dtype
 from d2f_core.model.forward import hidden_states, lm_head
 from d2f_core.model.masks import block_causal
 
@@ -31,10 +32,10 @@ MAX_STEPS = 10_000  # the reference implementation's safety limit
 
 @dataclass(frozen=True)
 class D2FParams:
-    block_size: int = 16
-    tau_add: float = 0.1  # add a block when the last one is this decoded
-    tau_act: float = 0.95  # fully activate block i+1 when block i is this decoded
-    tau_conf: float = 0.9  # commit every masked position more confident than this (strict)
+    block_size: int = param(16, low=1, length="at_most")  # the canvas stops at the last whole block (Dream MBPP: 240)
+    tau_add: float = param(0.1, low=0, high=1)  # add a block when the last one is this decoded
+    tau_act: float = param(0.95, low=0, high=1)  # fully activate block i+1 when block i is this decoded
+    tau_conf: float = param(0.9, low=0, high=1)  # commit every masked position more confident than this (strict)
     cache: bool = True  # False: recompute the whole canvas every step (the exactness reference)
 
 
@@ -56,11 +57,12 @@ class D2FDecoder(Decoder):
 
     def check(self) -> None:
         check_diffusion_model(self)
+        self.dtype = softmax_dtype("d2f", self.lm.family)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
         lm, p = self.lm, self.p
-        max_blocks = check_blocks(max_new_tokens, p.block_size)
+        max_blocks = max_new_tokens // p.block_size  # the reference's cap: floor, so a block size need not divide
         P, B, mask_id = len(prompt_ids), p.block_size, lm.mask_id
         canvas = list(prompt_ids)
         blocks = [Block(0, P, 0, state="to_cache", full=True)]  # the prompt: complete, cached by the first forward
@@ -90,8 +92,9 @@ class D2FDecoder(Decoder):
             src = hidden if carry is None else torch.cat([carry[None], hidden])  # row 0 of src is position `first`
             first = start - (carry is not None)
             rows = torch.tensor([t - lm.shift - first for t in targets], device=lm.device)
-            probs = torch.softmax(lm_head(lm.model, src[rows]), dim=-1)
-            conf, x0 = (v.tolist() for v in probs.max(dim=-1))
+            conf, x0 = probabilities(lm_head(lm.model, src[rows]), self.dtype).max(dim=-1)
+            passed = (conf > p.tau_conf).tolist()  # in conf's dtype, as the reference compares (bf16 on a GPU)
+            conf, x0 = conf.tolist(), x0.tolist()
 
             if cache is not None:  # keep the K/V of to_cache blocks only; everything else is recomputed next step
                 keep = max((b.end for b in blocks if b.state == "to_cache"), default=cached)
@@ -106,9 +109,9 @@ class D2FDecoder(Decoder):
             i = 0
             for b in active:
                 n = b.masks
-                c, cand, pos = conf[i:i + n], x0[i:i + n], targets[i:i + n]
+                c, cand, pos, ok = conf[i:i + n], x0[i:i + n], targets[i:i + n], passed[i:i + n]
                 i += n
-                chosen = [j for j in range(n) if c[j] > p.tau_conf]
+                chosen = [j for j in range(n) if ok[j]]
                 if not chosen and b.full:
                     chosen = [max(range(n), key=c.__getitem__)]
                 for j in chosen:

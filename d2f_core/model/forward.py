@@ -37,4 +37,6 @@ def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=No
 
 
 def lm_head(model, hidden: torch.Tensor) -> torch.Tensor:
-    return backbone(model).lm_head(hidden).float()
+    """Logits in the model's dtype: each decoder takes its softmax at its reference's precision
+    (`decode.primitives.softmax_dtype`)."""
+    return backbone(model).lm_head(hidden)

@@ -41,22 +41,48 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_weights(directory: str | Path) -> None:
+    """Read every safetensors header first, so a truncated or corrupt file is named with the fix (not as
+    safetensors' bare "incomplete metadata")."""
+    from safetensors import safe_open
+
+    for shard in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(shard, "pt") as f:
+                f.keys()
+        except Exception as e:  # SafetensorError, OSError
+            raise ValueError(f"{shard}: unreadable weights ({e}); the file is truncated or corrupt: delete "
+                             f"{Path(directory)} and rebuild it (`snakemake --cores all`) or download it again "
+                             f"(`d2f fetch`)") from None
+
+
 def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool = False,
                device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path} (config.json missing); build it with `snakemake --cores all` "
                                 f"or point --model at a saved transformers checkpoint")
+    check_weights(path)
+    if adapter is not None:
+        check_weights(adapter)
     device = torch.device(device) if device else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     fmt = checkpoint_format(path)
-    if fmt == "hf":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    else:
-        model = load_released(path, fmt, dtype)
-    tokenizer = tokenizer_of(path)
+    try:
+        if fmt == "hf":
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        else:
+            model = load_released(path, fmt, dtype)
+        tokenizer = tokenizer_of(path)
+    except (RuntimeError, OSError, KeyError) as e:  # shapes that disagree with config.json, a missing file
+        raise ValueError(f"{path}: the checkpoint does not load ({type(e).__name__}: {str(e)[:500]}); its weights "
+                         f"and config.json disagree or a file is missing: rebuild or re-download it") from None
     if adapter is not None:
-        model = apply_adapter(model, adapter, merge=merge)
+        try:
+            model = apply_adapter(model, adapter, merge=merge)
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"{adapter}: the adapter does not fit the model {path} ({type(e).__name__}: "
+                             f"{str(e)[:500]}); was it distilled from this base?") from None
     model.to(device).eval()
     cfg = model.config
     family = getattr(cfg, "d2f_family", "ar")

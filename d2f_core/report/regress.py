@@ -53,6 +53,21 @@ def load_summary(path: str | Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise UnusableInput(f"{path}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise UnusableInput(f"{path}: a header and no cells; rerun the profile (`snakemake --cores all ...`)")
+    bad_status = sorted({str(v) for v in df["status"]} - {"ok", "failed"})
+    if bad_status:
+        raise UnusableInput(f"{path}: status must be ok or failed, found {', '.join(bad_status)} (a truncated or "
+                            f"hand-edited file?); regenerate it with `snakemake --cores all ...`")
+    ok = df["status"] == "ok"
+    for column in ("score", "score_ci_lo", "score_ci_hi", "tps", "tokens_mean", "nfe"):
+        values = pd.to_numeric(df[column], errors="coerce")
+        broken = df.loc[ok & values.isna(), KEY]
+        if len(broken):
+            cell = "/".join(map(str, broken.iloc[0]))
+            raise UnusableInput(f"{path}: column {column!r} is not a number for the ok cell {cell} (a truncated or "
+                                f"hand-edited file?); regenerate it with `snakemake --cores all ...`")
+        df[column] = values
     df["cell"] = df[KEY].astype(str).agg("/".join, axis=1)
     return df.set_index("cell", drop=False)
 

@@ -113,7 +113,22 @@ def make_split(benchmark: str, n_train: int, n_test: int, seed: int) -> tuple[li
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Every row of a jsonl file; a bad line or an empty file is an error naming the file (and line)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; build it with `snakemake --cores all` or `d2f data`")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e}); regenerate it (`snakemake --cores all` or `d2f data`)") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); fix or "
+                                 f"regenerate the file") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows; regenerate it (`snakemake --cores all`, `d2f data` or `d2f prompts`)")
+    return rows

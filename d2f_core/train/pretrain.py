@@ -38,7 +38,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 50
-    max_minutes: float = 4.0  # safety cap: the schedule follows max(step, time) progress, so a slow machine anneals
+    max_minutes: float = 4.0  # safety net: training that would need longer fails (TrainingCutShort), never shortens
     weight_decay: float = 0.01
     seed: int = 0
     schedule: str = "cosine"  # cosine (warm-up, then cosine decay) | constant (the D2F reference: no scheduler)
@@ -139,9 +139,23 @@ def masked_diffusion_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, 
     return (ce / t.expand_as(ids)[masked]).sum() / answer.sum()
 
 
+class TrainingCutShort(RuntimeError):
+    """The time cap ended training before its step count: the recipe silently changed, so no model is saved."""
+
+
+def cut_short_message(desc: str, step: int, cfg: TrainConfig, seconds: float) -> str:
+    per_step, allowed = seconds / max(step, 1), 60 * cfg.max_minutes / cfg.steps
+    return (f"{desc}: the time cap (max_minutes {cfg.max_minutes}) ended training at step {step} of {cfg.steps}: "
+            f"{per_step:.2f} s per step, where the cap allows {allowed:.2f} s. The machine is {per_step / allowed:.1f}x "
+            f"slower than the recipe expects, most often because another CPU-heavy process shares its cores "
+            f"(OpenMP threads of two processes spin against each other). Fix: rerun on a quiet machine, give this job "
+            f"fewer threads (--threads, or snakemake --set-threads), or raise train.max_minutes in the config. "
+            f"No model was saved, so nothing downstream is built from it.")
+
+
 def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
-    """AdamW with linear warm-up and cosine decay over progress = max(steps done, time used) of the budget, or a
-    constant learning rate (`schedule: constant`)."""
+    """AdamW with linear warm-up and cosine decay over the step count, or a constant learning rate
+    (`schedule: constant`). Past `max_minutes` it raises TrainingCutShort instead of saving a shorter recipe."""
     if cfg.schedule not in ("cosine", "constant"):
         raise ValueError(f"train.schedule: {cfg.schedule!r}; valid: cosine, constant")
     rng = random.Random(cfg.seed)
@@ -152,10 +166,9 @@ def fit(model, loss_fn, groups, cfg: TrainConfig, desc: str) -> dict:
     start, losses, step = time.perf_counter(), [], 0
     bar = tqdm(total=cfg.steps, desc=desc, mininterval=5)
     while step < cfg.steps:
-        progress = max(step / cfg.steps, (time.perf_counter() - start) / (60 * cfg.max_minutes))
-        if progress >= 1:
-            tqdm.write(f"{desc}: time cap of {cfg.max_minutes} min reached at step {step}/{cfg.steps}")
-            break
+        if time.perf_counter() - start > 60 * cfg.max_minutes:
+            raise TrainingCutShort(cut_short_message(desc, step, cfg, time.perf_counter() - start))
+        progress = step / cfg.steps  # the schedule follows steps alone: the recipe never depends on machine speed
         warm = min(1.0, (step + 1) / max(1, cfg.warmup))
         decay = 1.0 if cfg.schedule == "constant" else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:

@@ -1,7 +1,7 @@
 import re
 
 from d2f_core.bench.benchmarks import SYNTHETIC
-from d2f_core.config import expand_cells, model_names
+from d2f_core.config import expand_cells, gen_length_of, model_names
 from d2f_core.model.hub import check_local
 
 PROFILE = config["profile"]
@@ -96,10 +96,6 @@ def base_model(name):
     return ADAPTERS.get(name, {}).get("base", name)
 
 
-def gen_length(name):
-    return spec_of(base_model(name)).get("gen_length", config["gen_length"])
-
-
 def get_fetch_args(wildcards):
     name = wildcards.get("model") or wildcards.get("adapter")
     source = spec_of(name)["source"]
@@ -173,7 +169,7 @@ def get_decode_args(wildcards):
     args = [
         f"--model {model_dir(base)}",
         f"--warmup {config['warmup']}",
-        f"--max-new-tokens {gen_length(wildcards.model)}",
+        f"--max-new-tokens {gen_length_of(config, wildcards.model)}",
     ]
     adapter = ADAPTERS.get(wildcards.model)
     if adapter:
