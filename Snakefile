@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/decode.smk"
+include: "workflow/rules/speed.smk"
 include: "workflow/rules/report.smk"
 
 

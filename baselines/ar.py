@@ -55,7 +55,7 @@ class ARDecoder(Decoder):
         for step in range(max_new_tokens):
             forward = model if step == 0 else self._step  # the prefill's shape varies: never compiled
             start = len(prompt_ids) + step - 1 if step else 0
-            logits = forward(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+            logits = forward(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1,
                              cache_position=torch.arange(start, start + ids.shape[1], device=ids.device)).logits
             out.append(int(logits[0, -1].argmax()))
             if out[-1] == self.lm.eos_id or (stop and any(s in tok.decode(out[-STOP_WINDOW:]) for s in stop)):

@@ -161,6 +161,19 @@ def cmd_decode(a) -> None:
         print(f"cell FAILED (recorded in {a.out}/meter.json): {rec['error']}", file=sys.stderr)
 
 
+def cmd_speed(a) -> None:
+    import torch
+
+    from d2f_core.bench.paired import load_arms, run_paired
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    arms, ratios = load_arms(a.group)
+    s = run_paired(arms, ratios, a.benchmark, a.data, a.out, a.limit, a.warmup, a.rounds)
+    for r in s["ratios"]:
+        print(f"{r['num']} / {r['den']}: {r['ratio']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
+
+
 def cmd_score(a) -> None:
     from d2f_core.bench.sandbox import SandboxUnavailable
     from d2f_core.bench.scoring import score_cell
@@ -182,7 +195,7 @@ def cmd_aggregate(a) -> None:
 def cmd_report(a) -> None:
     from d2f_core.report.build import build_reports
 
-    build_reports(a.summary, a.out, a.published)
+    build_reports(a.summary, a.out, a.published, a.speed)
     print(f"tables, Pareto plots and timelines -> {a.out}")
 
 
@@ -191,10 +204,10 @@ def cmd_regress(a) -> None:
 
     try:
         if a.update:
-            update_reference(a.summary, a.reference)
+            update_reference(a.summary, a.reference, a.speed)
             print(f"reference updated: {a.reference}")
             return
-        code = regress(a.summary, a.reference, a.out, a.json, a.tolerance, a.speed_tolerance)
+        code = regress(a.summary, a.reference, a.out, a.json, a.tolerance, a.speed_tolerance, a.speed)
     except UnusableInput as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -300,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the cell directory")
     s.set_defaults(func=cmd_decode)
 
+    s = sub.add_parser("speed", help="paired speed: a group's decoders interleaved per problem; ratios with CIs")
+    s.add_argument("--group", required=True, help='JSON: {"arms": [{cell, model, decoder, max_new_tokens, params, '
+                                                  'adapter, merge, chat}], "ratios": [[num cell, den cell], ...]}')
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--limit", type=positive_int)
+    s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--rounds", type=positive_int, default=1, help="passes over the problems, each in a fresh order")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--out", required=True, help="results/{profile}/speed/{benchmark}.json")
+    s.set_defaults(func=cmd_speed)
+
     s = sub.add_parser("score", help="score a decoded cell (code runs in the sandbox) and write summary.json")
     s.add_argument("--cell", required=True)
     s.add_argument("--data", required=True)
@@ -321,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", required=True)
     s.add_argument("--out", required=True, help="report directory")
     s.add_argument("--published", help="the paper's numbers (CSV) to show beside the reproduced ones")
+    s.add_argument("--speed", nargs="*", help="paired speed files (results/{profile}/speed/*.json) for the tables")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("regress", help="CI gate: compare a run with a committed reference (exit 1 on a regression)")
@@ -329,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the comparison as Markdown (reports/{profile}/regression.md)")
     s.add_argument("--json", help="write github-action-benchmark custom JSON (reports/{profile}/benchmark.json)")
     s.add_argument("--tolerance", type=float, default=0.02, help="score drop always tolerated (absolute)")
-    s.add_argument("--speed-tolerance", type=float, default=0.25, help="tolerated drop of a TPS ratio (fraction)")
+    s.add_argument("--speed-tolerance", type=float, default=0.25,
+                   help="tolerated drop of a TPS ratio (fraction); with --speed, the floor under the ratio CIs' spread")
+    s.add_argument("--speed", nargs="*", help="the run's paired speed files (results/{profile}/speed/*.json): the "
+                                              "gate then uses their ratios and the reference's {reference}.speed.json")
     s.add_argument("--update", action="store_true", help="rewrite the reference from this run instead")
     s.set_defaults(func=cmd_regress)
 

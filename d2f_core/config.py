@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 
 from d2f_core.bench.benchmarks import BENCHMARKS
-from d2f_core.bench.runner import params_label
+from d2f_core.bench.runner import params_label, parse_params
 from d2f_core.decode.base import check_params, decoder_names, decoder_params
 
 
@@ -24,6 +24,11 @@ class Cell:
 
     def path(self, profile: str) -> str:
         return f"results/{profile}/{self.model}/{self.benchmark}/{self.decoder}/{self.params}"
+
+    @property
+    def key(self) -> str:
+        """model/benchmark/decoder/params: how summary.csv, the tables and the gate name a cell."""
+        return f"{self.model}/{self.benchmark}/{self.decoder}/{self.params}"
 
 
 def check_yaml(path: str) -> None:
@@ -81,3 +86,25 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
                 label = params_label(point)
                 cells += [Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks]
     return list(dict.fromkeys(cells))  # duplicates across entries collapse to one cell
+
+
+SPEED_DECODERS = ("d2f", "fast_dllm")  # the cells whose speed-ups the tables and the gate report
+
+
+def speed_pairs(config: dict, cells: list[Cell], benchmark: str) -> tuple[list[Cell], list[tuple[Cell, Cell]]]:
+    """The paired-speed group of a benchmark: its table cells, and each D2F / Fast-dLLM cell paired with the vanilla
+    cell of its base model that has the most steps (one token per step, the paper's baseline row) and with AR."""
+    here = [c for c in cells if c.benchmark == benchmark]
+    base = {c: config.get("adapters", {}).get(c.model, {}).get("base", c.model) for c in here}
+
+    def steps(c: Cell) -> int:
+        value = int(float(parse_params(c.params).get("steps", 0)))
+        return value or gen_length_of(config, c.model)
+
+    pairs = []
+    for c in (c for c in here if c.decoder in SPEED_DECODERS):
+        vanilla = [v for v in here if v.decoder == "vanilla" and base[v] == base[c]]
+        if vanilla:
+            pairs.append((c, max(vanilla, key=steps)))
+        pairs += [(c, ar) for ar in here if ar.decoder == "ar"][:1]
+    return here, pairs

@@ -39,12 +39,12 @@ class Scripted(torch.nn.Module):
         self.model, self.lm_head, self.dtype = self._backbone, torch.nn.Identity(), torch.float32
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
-    def _backbone(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=False):
+    def _backbone(self, input_ids, attention_mask, position_ids, cache=None, use_cache=False):
         q = input_ids.shape[1]
         rows = [self.script(self.calls, int(t) + self.shift - self.P) for t in position_ids[0]]
         self.calls += 1
-        if past_key_values is not None:
-            past_key_values.update(torch.zeros(1, 1, q, 1), torch.zeros(1, 1, q, 1), 0)
+        if cache is not None:
+            cache.update(torch.zeros(1, 1, q, 1), torch.zeros(1, 1, q, 1), 0)
         return SimpleNamespace(last_hidden_state=torch.stack(rows)[None])
 
 

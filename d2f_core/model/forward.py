@@ -30,7 +30,7 @@ def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=No
         input_ids=input_ids,
         attention_mask=additive(attend.to(input_ids.device), lm.dtype),
         position_ids=torch.arange(start, start + q, device=input_ids.device)[None],
-        past_key_values=cache,
+        cache=cache,
         use_cache=cache is not None,
     )
     return out.last_hidden_state

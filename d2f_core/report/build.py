@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from d2f_core.report.pareto import write_pareto
+from d2f_core.report.regress import load_paired
 from d2f_core.report.tables import write_tables
 from d2f_core.report.timeline import load_trace, plot_timeline
 
 TIMELINE_DECODERS = ("ar", "vanilla", "fast_dllm", "d2f")
 
 
-def build_reports(summary_csv: str, out_dir: str, published_csv: str | None = None) -> list[Path]:
+def build_reports(summary_csv: str, out_dir: str, published_csv: str | None = None,
+                  speed: list[str] | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df = write_tables(summary_csv, out_dir, published_csv)
+    df = write_tables(summary_csv, out_dir, published_csv, load_paired(speed) if speed else None)
     write_pareto(df, out)
     figures = []
     ok = df[df["status"] == "ok"].sort_values(["benchmark", "in_table", "model", "params"],

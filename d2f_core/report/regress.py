@@ -3,9 +3,11 @@
 - Score: with per-problem results on both sides, a paired comparison fails when the drop exceeds
   max(tolerance, 2 x paired standard error); otherwise, when the new score falls below the reference's bootstrap CI
   by more than the tolerance.
-- Speed: absolute TPS is never compared across machines. Each D2F / Fast-dLLM cell's TPS is divided by the TPS of
-  the vanilla cell on the same base model and benchmark, and by the AR cell's; a ratio that drops by more than
-  `speed_tolerance` (a fraction) against the same ratio in the reference is a regression.
+- Speed: absolute TPS is never compared across machines, only ratios: each D2F / Fast-dLLM cell's TPS over the
+  vanilla cell's on the same base model and benchmark, and over the AR cell's. Where the run has paired speed files
+  (`d2f speed`: the cells interleaved per problem, drift cancels), the gate uses those ratios: a drop beyond
+  max(`speed_tolerance`, the combined relative half-width of the two 95% CIs) is a regression. Without them it falls
+  back to the per-cell ratios and `speed_tolerance` alone.
 - A failed cell that was ok in the reference is a regression; missing and new cells are listed.
 Exit codes: 0 pass, 1 regression, 2 unusable input (named in the message).
 """
@@ -93,6 +95,44 @@ def load_reference_samples(reference_csv: str | Path) -> dict[str, dict[str, flo
     return out
 
 
+def speed_path(reference_csv: str | Path) -> Path:
+    return Path(reference_csv).with_suffix(".speed.json")
+
+
+def load_paired(paths: list[str | Path]) -> dict[tuple[str, str], dict]:
+    """(num cell, den cell) -> ratio record, from the speed files of a run (or a reference's combined file)."""
+    out = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise UnusableInput(f"{path}: file not found (run `snakemake --cores all ...` for the paired speed files)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UnusableInput(f"{path}: not valid JSON ({e})") from None
+        for group in data if isinstance(data, list) else [data]:
+            out.update({(r["num"], r["den"]): r for r in group["ratios"]})
+    return out
+
+
+def paired_checks(now: dict, ref: dict, speed_tolerance: float) -> list[Check]:
+    checks = []
+    for (num, den), r in sorted(ref.items()):
+        n = now.get((num, den))
+        if n is None:
+            checks.append(Check(num, f"paired TPS / {den.split('/')[2]}", r["ratio"], None, "missing"))
+            continue
+        spread = math.hypot(*((x["ci"][1] - x["ci"][0]) / (2 * x["ratio"]) for x in (n, r)))
+        limit = max(speed_tolerance, spread)
+        change = n["ratio"] / r["ratio"] - 1
+        kind = "ar" if den.split("/")[2] == "ar" else "vanilla"
+        checks.append(Check(num, f"paired TPS / {kind} TPS", r["ratio"], n["ratio"],
+                            "REGRESSION" if change < -limit else "ok",
+                            f"{change:+.1%}; now CI [{n['ci'][0]:.3f}, {n['ci'][1]:.3f}], reference CI "
+                            f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]; limit -{limit:.1%}"))
+    return checks
+
+
 def speed_ratios(df: pd.DataFrame) -> dict[tuple[str, str], float]:
     """(cell, 'vanilla' | 'ar') -> this cell's TPS over its reference cell's TPS, measured in the same run."""
     refs = reference_cells(df.reset_index(drop=True)).set_index(df.index)
@@ -106,7 +146,7 @@ def speed_ratios(df: pd.DataFrame) -> dict[tuple[str, str], float]:
 
 
 def compare(now: pd.DataFrame, ref: pd.DataFrame, now_samples: dict, ref_samples: dict, tolerance: float,
-            speed_tolerance: float) -> list[Check]:
+            speed_tolerance: float, now_paired: dict | None = None, ref_paired: dict | None = None) -> list[Check]:
     common = [c for c in ref.index if c in now.index]
     if not common:
         raise UnusableInput("no cell is in both the summary and the reference")
@@ -123,6 +163,8 @@ def compare(now: pd.DataFrame, ref: pd.DataFrame, now_samples: dict, ref_samples
             checks.append(Check(cell, "status", None, None, "improved", "failed in the reference, ok now"))
             continue
         checks.append(score_check(cell, r, n, now_samples.get(cell), ref_samples.get(cell), tolerance))
+    if now_paired and ref_paired:
+        return checks + paired_checks(now_paired, ref_paired, speed_tolerance)
     now_ratio, ref_ratio = speed_ratios(now), speed_ratios(ref)
     for (cell, kind), value in sorted(now_ratio.items()):
         if (cell, kind) not in ref_ratio:
@@ -164,16 +206,20 @@ def benchmark_json(checks: list[Check], now: pd.DataFrame) -> list[dict]:
         out.append({"name": f"{cell} score", "unit": "score", "value": float(row["score"]),
                     "range": f"[{row['score_ci_lo']:.4f}, {row['score_ci_hi']:.4f}]"})
     for c in checks:
-        if c.what.startswith("TPS /") and c.now is not None:
+        if "TPS /" in c.what and c.now is not None:
             out.append({"name": f"{c.cell} {c.what}", "unit": "x", "value": float(c.now),
                         "extra": f"reference {c.reference:.4f}"})
     return out
 
 
 def regress(summary: str, reference: str, out_md: str | None = None, out_json: str | None = None,
-            tolerance: float = 0.02, speed_tolerance: float = 0.25) -> int:
+            tolerance: float = 0.02, speed_tolerance: float = 0.25, speed: list[str] | None = None) -> int:
     now, ref = load_summary(summary), load_summary(reference)
-    checks = compare(now, ref, per_problem(now), load_reference_samples(reference), tolerance, speed_tolerance)
+    ref_speed = speed_path(reference)
+    now_paired = load_paired(speed) if speed else None
+    ref_paired = load_paired([ref_speed]) if speed and ref_speed.exists() else None
+    checks = compare(now, ref, per_problem(now), load_reference_samples(reference), tolerance, speed_tolerance,
+                     now_paired, ref_paired)
     bad = [c for c in checks if c.verdict == "REGRESSION"]
     text = render(checks)
     verdict = f"{len(bad)} regression(s): " + ", ".join(sorted({c.cell for c in bad})) if bad else "no regression"
@@ -185,9 +231,15 @@ def regress(summary: str, reference: str, out_md: str | None = None, out_json: s
     return 1 if bad else 0
 
 
-def update_reference(summary: str, reference: str) -> None:
-    """Make this run the reference: its summary.csv and its per-problem results (a deliberate, reviewed commit)."""
+def update_reference(summary: str, reference: str, speed: list[str] | None = None) -> None:
+    """Make this run the reference: its summary.csv, per-problem results and paired speed (a deliberate, reviewed
+    commit)."""
     now = load_summary(summary)
+    if speed:
+        load_paired(speed)  # readable
+        groups = [json.loads(Path(p).read_text()) for p in speed]
+        atomic_write_text(speed_path(reference), json.dumps(
+            [{"benchmark": g["benchmark"], "ratios": g["ratios"]} for g in groups], indent=1) + "\n")
     Path(reference).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(summary, reference)
     rows = [{"cell": cell, "id": pid, "correct": c} for cell, probs in per_problem(now).items()

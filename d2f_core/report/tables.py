@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from d2f_core.bench.io import atomic_write_text
+from d2f_core.report.aup import aup_table
 
 LENGTH_GUARD = 0.9
 COLUMNS = {"model": "Model", "decoder": "Decoder", "params": "Params", "tps": "TPS", "tps_ci": "TPS 95% CI",
@@ -118,16 +119,44 @@ def with_published(paper: pd.DataFrame, published_csv: str) -> pd.DataFrame:
     return out
 
 
-def write_tables(summary_csv: str, out_dir: str, published_csv: str | None = None) -> pd.DataFrame:
+PAIRED = {"paired_vanilla": "× vanilla (paired)", "paired_ar": "× AR (paired)"}
+PAIRED_NOTE = ("The paired columns come from `d2f speed`: the cells of a benchmark timed back to back on every "
+               "problem in a shuffled order (drift cancels); ratio of TPS with its bootstrap 95% CI over problems.\n\n")
+
+
+def with_paired(df: pd.DataFrame, paired: dict) -> pd.DataFrame:
+    """The paired ratios beside each D2F / Fast-dLLM row (keyed by cell: model/benchmark/decoder/params)."""
+    out = df.copy()
+    keys = out[["model", "benchmark", "decoder", "params"]].astype(str).agg("/".join, axis=1)
+    for column in PAIRED:
+        out[column] = ""
+    for (num, den), r in paired.items():
+        column = "paired_ar" if den.split("/")[2] == "ar" else "paired_vanilla"
+        out.loc[keys == num, column] = f"{r['ratio']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+    return out
+
+
+def write_tables(summary_csv: str, out_dir: str, published_csv: str | None = None,
+                 paired: dict | None = None) -> pd.DataFrame:
     raw = pd.read_csv(summary_csv)
     df = table_frame(raw)
     out = Path(out_dir)
     atomic_write_text(out / "table.csv", df.to_csv(index=False))
     atomic_write_text(out / "table.md", "# D2F Bench: every cell\n\n" + NOTE + to_markdown(displayed(df), COLUMNS))
-    paper, columns = paper_layout(df), PAPER
+    paper, columns, note = paper_layout(df), PAPER, NOTE
+    if paired:
+        paper, columns, note = with_paired(paper, paired), {**columns, **PAIRED}, NOTE + PAIRED_NOTE
     if published_csv:
-        paper, columns = with_published(paper, published_csv), {**PAPER, **PUBLISHED}
+        paper, columns = with_published(paper, published_csv), {**columns, **PUBLISHED}
+    aup = aup_table(raw)
     atomic_write_text(out / "tables.csv", paper.drop(columns="order").to_csv(index=False))
-    atomic_write_text(out / "tables.md", "# D2F Bench: the paper's table layout\n\n" + NOTE
-                      + to_markdown(displayed(paper), columns))
+    atomic_write_text(out / "aup.csv", aup.to_csv(index=False))
+    atomic_write_text(out / "tables.md", "# D2F Bench: the paper's table layout\n\n" + note
+                      + to_markdown(displayed(paper), columns) + "\n\n## AUP (accuracy under parallelism)\n\n"
+                      + AUP_NOTE + (aup.to_markdown(index=False) if len(aup) else "no diffusion family to rate"))
     return raw
+
+
+AUP_NOTE = ("d3LLM's AUP per decoder family, from its table and sweep cells: the reference point is the base model's "
+            "vanilla cell with the most forwards, placed at TPF 1; points more than 5 points below it do not count "
+            "(`d2f_core/report/aup.py`).\n\n")

@@ -1,7 +1,9 @@
+import json
 import re
 
 from d2f_core.bench.benchmarks import SYNTHETIC
-from d2f_core.config import expand_cells, gen_length_of, model_names
+from d2f_core.bench.runner import parse_params
+from d2f_core.config import expand_cells, gen_length_of, model_names, speed_pairs
 from d2f_core.model.hub import check_local
 
 PROFILE = config["profile"]
@@ -184,9 +186,62 @@ def get_decode_args(wildcards):
     return " ".join(args)
 
 
+SPEED_BENCHMARKS = BENCHMARKS if "speed" in config else []
+
+
+def get_speed_inputs(wildcards):
+    cells, _ = speed_pairs(config, CELLS, wildcards.benchmark)
+    return {
+        "data": f"{DATA}/{wildcards.benchmark}.test.jsonl",
+        "models": sorted({model_weights(c.model) for c in cells}),
+        "bases": sorted({model_weights(base_model(c.model)) for c in cells}),
+    }
+
+
+def get_speed_group(wildcards):
+    """The paired group as JSON for `d2f speed --group`: every table cell of the benchmark, and the ratios."""
+    cells, pairs = speed_pairs(config, CELLS, wildcards.benchmark)
+    arms = []
+    for c in cells:
+        adapter = ADAPTERS.get(c.model)
+        spec = config["models"][base_model(c.model)]
+        bench = config["data"]["benchmarks"][c.benchmark]
+        arms.append(
+            {
+                "cell": c.key,
+                "model": model_dir(base_model(c.model)),
+                "adapter": model_dir(c.model) if adapter else None,
+                "merge": bool(adapter and adapter.get("merge")),
+                "decoder": c.decoder,
+                "params": parse_params(c.params),
+                "chat": bool(spec.get("chat") and bench.get("chat", True)),
+                "max_new_tokens": gen_length_of(config, c.model),
+            }
+        )
+    return json.dumps({"arms": arms, "ratios": [[a.key, b.key] for a, b in pairs]})
+
+
+def get_speed_args(wildcards):
+    args = [
+        f"--warmup {config['warmup']}",
+        f"--rounds {config['speed']['rounds']}",
+    ]
+    if config.get("limit"):
+        args.append(f"--limit {config['limit']}")
+    return " ".join(args)
+
+
+def speed_files():
+    return expand(f"results/{PROFILE}/speed/{{b}}.json", b=SPEED_BENCHMARKS)
+
+
 def summaries(cells):
     return [f"{cell.path(PROFILE)}/summary.json" for cell in cells]
 
 
 def get_final_outputs():
-    return [f"results/{PROFILE}/summary.csv", f"reports/{PROFILE}/tables.md"]
+    return [
+        f"results/{PROFILE}/summary.csv",
+        f"reports/{PROFILE}/tables.md",
+        *speed_files(),
+    ]

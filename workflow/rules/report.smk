@@ -19,6 +19,7 @@ rule report:
     input:
         summary=f"results/{PROFILE}/summary.csv",
         published=config.get("published", []),
+        speed=speed_files(),
     output:
         table=f"{REPORTS}/table.md",
         tables=report(
@@ -47,8 +48,8 @@ rule report:
             f"--published {input.published}" if input.published else ""
         ),
     shell:
-        "d2f report --summary {input.summary} {params.published} --out $(dirname {output.table}) "
-        "> {log} 2>&1"
+        "d2f report --summary {input.summary} {params.published} --speed {input.speed} "
+        "--out $(dirname {output.table}) > {log} 2>&1"
 
 
 # The CI gate: `snakemake regress --cores all --configfile workflow/config/ci.yaml` (exit 1 on a regression).
@@ -56,6 +57,7 @@ rule regress:
     input:
         summary=f"results/{PROFILE}/summary.csv",
         reference=f"results/reference/{PROFILE}.csv",
+        speed=speed_files(),
     output:
         md=f"{REPORTS}/regression.md",
         json=f"{REPORTS}/benchmark.json",
@@ -68,5 +70,6 @@ rule regress:
         speed=config["regress"]["speed_tolerance"],
     shell:
         "d2f regress --summary {input.summary} --reference {input.reference} --out {output.md} "
-        "--json {output.json} --tolerance {params.tolerance} --speed-tolerance {params.speed} > {log} 2>&1 "
+        "--json {output.json} --tolerance {params.tolerance} --speed-tolerance {params.speed} "
+        "--speed {input.speed} > {log} 2>&1 "
         "|| (cat {log}; exit 1)"

@@ -1,0 +1,48 @@
+"""AUP, accuracy under parallelism (d3LLM, arXiv 2601.07568): a decoder family's score-vs-TPF curve in one number.
+
+Points (rho_i = TPF, y_i = score in %) sorted by TPF, rho_1 = 1 the one-token-per-forward reference:
+AUP = rho_1 y_1 + 1/2 sum_{i>1} (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})), W(y) = min(exp(-3 (1 - y/y_max)), 1),
+counting only points with y >= y_1 - 5. Here the reference is the base model's vanilla cell with the most forwards
+(one token per step) placed at rho = 1, and a family's points are its cells (table and sweep) with TPF > 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+ALPHA, WINDOW = 3.0, 5.0
+
+
+def aup(points: list[tuple[float, float]]) -> float:
+    """points: (TPF, score %), the first the reference at TPF 1."""
+    ref = points[0][1]
+    kept = sorted((p for p in points if p[1] >= ref - WINDOW), key=lambda p: p[0])
+    y_max = max(y for _, y in kept)
+
+    def weighted(y: float) -> float:
+        return y * min(math.exp(-ALPHA * (1 - y / y_max)), 1.0)
+
+    total = kept[0][0] * kept[0][1]
+    for (r0, y0), (r1, y1) in zip(kept, kept[1:]):
+        total += 0.5 * (r1 - r0) * (weighted(y1) + weighted(y0))
+    return total
+
+
+def aup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per benchmark x model x diffusion decoder: its AUP and the points it used."""
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for (benchmark, base), cells in ok.groupby(["benchmark", "base_model"]):
+        vanilla = cells[cells["decoder"] == "vanilla"]
+        if vanilla.empty:
+            continue
+        ref = vanilla.loc[vanilla["nfe"].idxmax()]
+        for (model, decoder), family in cells[cells["decoder"] != "ar"].groupby(["model", "decoder"]):
+            points = [(1.0, 100 * ref["score"])] + sorted(
+                (float(r["tpf"]), 100 * float(r["score"])) for _, r in family.iterrows()
+                if r["tpf"] > 1 and r["cell_dir"] != ref["cell_dir"])
+            rows.append({"benchmark": benchmark, "model": model, "decoder": decoder, "AUP": round(aup(points), 1),
+                         "points (TPF, score %)": "; ".join(f"({r:.2f}, {y:.1f})" for r, y in points)})
+    return pd.DataFrame(rows)
