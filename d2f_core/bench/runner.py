@@ -69,15 +69,15 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
         record["resumed_from"] = len(done)
         todo = rows[len(done):]
         prompts = [prompt_ids(lm, bench, r, chat) for r in todo]
-        for row, ids in zip(todo, prompts):
+        for row, ids in zip(todo, prompts):  # before the metered window: one untimed forward over each prompt
             check_fits(lm, row["id"], ids, max_new_tokens)
+            check_finite(lm, row["id"], ids)
         for row, ids in list(zip(todo, prompts))[:warmup]:  # never recorded: first-call allocations, lazy init
             dec.generate(ids, max_new_tokens, bench.stops(row))
         meter, log = Meter(lm.device), JsonlAppender(partial)
         meter.start()
         for row, ids in tqdm(list(zip(todo, prompts)), desc=f"{decoder} {Path(model).name} {benchmark}",
                              mininterval=5):
-            check_finite(lm, row["id"], ids)  # outside the timed call: one forward over the prompt
             log.write(decode_one(dec, lm, row["id"], ids, max_new_tokens, bench.stops(row),
                                  first=not done and row is rows[0]))
         record["meter"] = meter.stop()
