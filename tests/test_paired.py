@@ -64,3 +64,18 @@ def test_the_gate_uses_paired_ratios_with_a_ci_derived_limit(tmp_path, ref, now,
     # the per-cell TPS ratios are unchanged: only the paired one decides
     assert run("--summary", summary(tmp_path / "now.csv"), "--reference", ref, "--speed", now_file,
                "--speed-tolerance", "0.10") == verdict
+
+
+def test_aup_table_measures_parallelism_relative_to_the_one_token_per_step_cell():
+    import pandas as pd
+
+    from d2f_core.report.aup import aup_table
+
+    rows = [("m", "vanilla", 32, 0.5, 0.80, "a"), ("m-d2f", "d2f", 10, 1.5, 0.79, "b"),
+            ("z", "vanilla", 32, 0.5, 0.0, "c"), ("z-d2f", "d2f", 10, 1.5, 0.0, "d")]
+    df = pd.DataFrame([dict(benchmark="b", base_model=m.split("-")[0], model=m, decoder=d, nfe=n, tpf=t, score=s,
+                            cell_dir=c, status="ok") for m, d, n, t, s, c in rows])
+    table = aup_table(df).set_index("model")
+    assert table.loc["m-d2f", "points (relative TPF, score %)"] == "(1.00, 80.0); (3.00, 79.0)"
+    assert table.loc["m-d2f", "AUP"] == pytest.approx(round(aup([(1, 80.0), (3.0, 79.0)]), 1))
+    assert table.loc["z-d2f", "AUP"] == 0.0  # all-zero scores: 0, not NaN

@@ -3,7 +3,9 @@
 Points (rho_i = TPF, y_i = score in %) sorted by TPF, rho_1 = 1 the one-token-per-forward reference:
 AUP = rho_1 y_1 + 1/2 sum_{i>1} (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})), W(y) = min(exp(-3 (1 - y/y_max)), 1),
 counting only points with y >= y_1 - 5. Here the reference is the base model's vanilla cell with the most forwards
-(one token per step) placed at rho = 1, and a family's points are its cells (table and sweep) with TPF > 1.
+(one token per step), and rho is TPF relative to that cell's: a canvas filled with EOS after a short answer gives
+the one-token-per-step cell a TPF below 1, so the ratio is what puts it at rho = 1. A family's points are its cells
+(table and sweep) with rho > 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def aup(points: list[tuple[float, float]]) -> float:
     y_max = max(y for _, y in kept)
 
     def weighted(y: float) -> float:
-        return y * min(math.exp(-ALPHA * (1 - y / y_max)), 1.0)
+        return y * min(math.exp(-ALPHA * (1 - y / y_max)), 1.0) if y_max > 0 else 0.0
 
     total = kept[0][0] * kept[0][1]
     for (r0, y0), (r1, y1) in zip(kept, kept[1:]):
@@ -40,9 +42,10 @@ def aup_table(df: pd.DataFrame) -> pd.DataFrame:
             continue
         ref = vanilla.loc[vanilla["nfe"].idxmax()]
         for (model, decoder), family in cells[cells["decoder"] != "ar"].groupby(["model", "decoder"]):
+            rho = family["tpf"] / ref["tpf"]
             points = [(1.0, 100 * ref["score"])] + sorted(
-                (float(r["tpf"]), 100 * float(r["score"])) for _, r in family.iterrows()
-                if r["tpf"] > 1 and r["cell_dir"] != ref["cell_dir"])
+                (float(x), 100 * float(r["score"])) for x, (_, r) in zip(rho, family.iterrows())
+                if x > 1 and r["cell_dir"] != ref["cell_dir"])
             rows.append({"benchmark": benchmark, "model": model, "decoder": decoder, "AUP": round(aup(points), 1),
-                         "points (TPF, score %)": "; ".join(f"({r:.2f}, {y:.1f})" for r, y in points)})
+                         "points (relative TPF, score %)": "; ".join(f"({r:.2f}, {y:.1f})" for r, y in points)})
     return pd.DataFrame(rows)

@@ -158,5 +158,5 @@ def write_tables(summary_csv: str, out_dir: str, published_csv: str | None = Non
 
 
 AUP_NOTE = ("d3LLM's AUP per decoder family, from its table and sweep cells: the reference point is the base model's "
-            "vanilla cell with the most forwards, placed at TPF 1; points more than 5 points below it do not count "
-            "(`d2f_core/report/aup.py`).\n\n")
+            "vanilla cell with the most forwards, and parallelism is TPF relative to that cell's (so it sits at 1); "
+            "points more than 5 points below it do not count (`d2f_core/report/aup.py`).\n\n")
