@@ -68,10 +68,10 @@ class FastDLLMDecoder(Decoder):
             lo, hi = P + b * B, P + (b + 1) * B
             if p.cache == "none":  # Fast-dLLM's `generate`: a full forward per step until the block is done
                 while self.masked(x, lo, hi).numel():
-                    self.commit(x, lo, hi, *self.refresh(x, lo, hi, total)[1:], P, b)
+                    self.commit(x, lo, hi, self.refresh(x, lo, hi, total)[1], 0, P, b)
                 continue
-            cache, src, first = self.refresh(x, lo, hi, total)
-            self.commit(x, lo, hi, src, first, P, b, first_only=lm.family == "dream")
+            cache, src = self.refresh(x, lo, hi, total)
+            self.commit(x, lo, hi, src, 0, P, b, first_only=lm.family == "dream")
             carry = src[lo - 1]  # predicts position lo when logits are shifted (Dream)
             while True:  # the official loop: a cached forward first, then the test
                 if p.skip_done and not self.masked(x, lo, hi).numel():
@@ -90,7 +90,7 @@ class FastDLLMDecoder(Decoder):
         return (x[lo:hi] == self.lm.mask_id).nonzero().flatten()
 
     def refresh(self, x: torch.Tensor, lo: int, hi: int, total: int):
-        """A full forward over the canvas; keeps the K/V the cache mode reuses. Returns (cache, hidden, 0)."""
+        """A full forward over the canvas; keeps the K/V the cache mode reuses. Returns (cache, hidden)."""
         cache = DynamicCache(config=self.lm.model.config) if self.p.cache != "none" else None
         hidden = hidden_states(self.lm.model, x[None], bidirectional(total), cache)[0]
         if self.p.cache == "prefix":
@@ -98,7 +98,7 @@ class FastDLLMDecoder(Decoder):
         elif self.p.cache == "dual":
             keep_positions(cache, lo, hi)
         self.forwards, self.positions = self.forwards + 1, self.positions + total
-        return cache, hidden, 0
+        return cache, hidden
 
     def commit(self, x, lo: int, hi: int, src: torch.Tensor, first: int, P: int, b: int,
                first_only: bool = False) -> None:

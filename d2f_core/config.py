@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from d2f_core.bench.benchmarks import BENCHMARKS
 from d2f_core.bench.runner import params_label, parse_params
 from d2f_core.decode.base import check_params, decoder_names, decoder_params
+from d2f_core.report.regress import SPEED_DECODERS
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,14 @@ def model_names(config: dict) -> list[str]:
     return list(config["models"]) + list(config.get("adapters", {}))
 
 
+def base_of(config: dict, name: str) -> str:
+    """The model a cell runs on: an adapter's base, or the model itself."""
+    return config.get("adapters", {}).get(name, {}).get("base", name)
+
+
 def gen_length_of(config: dict, name: str) -> int:
     """max_new_tokens of a model's cells: its base model's `gen_length`, else the profile's."""
-    base = config.get("adapters", {}).get(name, {}).get("base", name)
-    return config["models"][base].get("gen_length", config["gen_length"])
+    return config["models"][base_of(config, name)].get("gen_length", config["gen_length"])
 
 
 def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
@@ -88,14 +93,10 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
     return list(dict.fromkeys(cells))  # duplicates across entries collapse to one cell
 
 
-SPEED_DECODERS = ("d2f", "fast_dllm")  # the cells whose speed-ups the tables and the gate report
-
-
 def speed_pairs(config: dict, cells: list[Cell], benchmark: str) -> tuple[list[Cell], list[tuple[Cell, Cell]]]:
     """The paired-speed group of a benchmark: its table cells, and each D2F / Fast-dLLM cell paired with the vanilla
     cell of its base model that has the most steps (one token per step, the paper's baseline row) and with AR."""
     here = [c for c in cells if c.benchmark == benchmark]
-    base = {c: config.get("adapters", {}).get(c.model, {}).get("base", c.model) for c in here}
 
     def steps(c: Cell) -> int:
         value = int(float(parse_params(c.params).get("steps", 0)))
@@ -103,7 +104,7 @@ def speed_pairs(config: dict, cells: list[Cell], benchmark: str) -> tuple[list[C
 
     pairs = []
     for c in (c for c in here if c.decoder in SPEED_DECODERS):
-        vanilla = [v for v in here if v.decoder == "vanilla" and base[v] == base[c]]
+        vanilla = [v for v in here if v.decoder == "vanilla" and base_of(config, v.model) == base_of(config, c.model)]
         if vanilla:
             pairs.append((c, max(vanilla, key=steps)))
         pairs += [(c, ar) for ar in here if ar.decoder == "ar"][:1]

@@ -27,7 +27,7 @@ from d2f_core.report.tables import reference_cells
 
 KEY = ["model", "benchmark", "decoder", "params"]
 REQUIRED = [*KEY, "base_model", "status", "score", "score_ci_lo", "score_ci_hi", "tps", "tokens_mean", "nfe"]
-SPEED_DECODERS = ("d2f", "fast_dllm")
+SPEED_DECODERS = ("d2f", "fast_dllm")  # the cells whose speed-ups the tables, the paired step and the gate report
 
 
 class UnusableInput(Exception):

@@ -3,7 +3,13 @@ import re
 
 from d2f_core.bench.benchmarks import SYNTHETIC
 from d2f_core.bench.runner import parse_params
-from d2f_core.config import expand_cells, gen_length_of, model_names, speed_pairs
+from d2f_core.config import (
+    base_of,
+    expand_cells,
+    gen_length_of,
+    model_names,
+    speed_pairs,
+)
 from d2f_core.model.hub import check_local
 
 PROFILE = config["profile"]
@@ -94,8 +100,7 @@ def model_weights(name):
 
 
 def base_model(name):
-    """The model a cell runs on: an adapter's base, or the model itself."""
-    return ADAPTERS.get(name, {}).get("base", name)
+    return base_of(config, name)
 
 
 def get_fetch_args(wildcards):
