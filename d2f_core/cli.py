@@ -185,6 +185,13 @@ def cmd_score(a) -> None:
     print(f"{a.cell}: status {s['status']}, score {s.get('score')}, tps {s.get('tps')}")
 
 
+def cmd_check_config(a) -> None:
+    from d2f_core.config import check_config
+
+    cells = check_config(a.config)
+    print(f"{a.config}: valid ({len(cells)} cells and sweep points)")
+
+
 def cmd_aggregate(a) -> None:
     from d2f_core.report.aggregate import aggregate
 
@@ -335,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how generated code is isolated: bwrap (namespaces; the default) or rlimit (limits only: "
                         "opt in where user namespaces are forbidden)")
     s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("check-config", help="check a config as the DAG does at parse time, naming the bad line or field")
+    s.add_argument("config", help="a profile's YAML, e.g. workflow/config/paper.yaml")
+    s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("aggregate", help="collect summary.json files into summary.csv")
     s.add_argument("--out", required=True)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 from d2f_core.bench.benchmarks import BENCHMARKS
 from d2f_core.bench.runner import params_label, parse_params
 from d2f_core.decode.base import check_params, decoder_names, decoder_params
 from d2f_core.report.regress import SPEED_DECODERS
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,24 @@ def check_yaml(path: str) -> None:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else path
         raise ValueError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the config file") from None
+
+
+def check_config(path: str) -> list[Cell]:
+    """Everything the DAG checks at parse time, without Snakemake: YAML (file and line), schema, cells and sweeps.
+    Snakemake reads a `--configfile` before any workflow code runs, and its YAML error names neither file nor line."""
+    import yaml
+    from snakemake.utils import validate
+
+    check_yaml(path)
+    config = yaml.safe_load(open(path, encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the config must be a YAML mapping (profile, models, cells, ...)")
+    try:
+        validate(config, str(SCHEMA))
+    except Exception as e:  # snakemake's WorkflowError carries jsonschema's message
+        raise ValueError(f"{path}: {e}") from None
+    cells = expand_cells(config)
+    return cells + [cell for cell in expand_cells(config, "sweeps") if cell not in cells]
 
 
 def model_names(config: dict) -> list[str]:

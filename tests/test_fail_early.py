@@ -75,6 +75,28 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
         check_yaml(str(path))
 
 
+def test_check_config_names_what_snakemake_configfile_cannot(tmp_path):
+    """`snakemake --configfile` says only "not valid JSON or YAML"; `d2f check-config` names the file, line and field."""
+    import subprocess
+    import sys
+
+    def check(text):
+        path = tmp_path / "mine.yaml"
+        path.write_text(text)
+        proc = subprocess.run([sys.executable, "-m", "d2f_core.cli", "check-config", str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    tiny = (REPO / "workflow/config/tiny.yaml").read_text()
+    assert check(tiny) == (0, f"{tmp_path / 'mine.yaml'}: valid (66 cells and sweep points)\n")
+    code, out = check("profile: ci\nseed: [0\ngen_length: 32\n")
+    assert code == 1 and "mine.yaml, line 3: not valid YAML" in out
+    code, out = check(tiny.replace("seed: 0", "seed: zero"))
+    assert code == 1 and "mine.yaml" in out and "schema['properties']['seed']" in out
+    code, out = check(tiny.replace("tau_conf: 0.9}}", "tau_conf: 1.5}}"))
+    assert code == 1 and "cells[7] (tiny-llada-d2f, d2f" in out and "d2f.tau_conf = 1.5: must be in [0, 1]" in out
+
+
 def test_training_cut_short_by_its_time_cap_fails_with_the_measured_speed():
     model = torch.nn.Linear(2, 1)
 

@@ -89,10 +89,14 @@ def job_counts(stdout: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", ["tiny", "ci"])
 def test_dry_run_builds_the_dag(name):
-    out = _run(sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", "--configfile",
+    out = _run(sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--nolock", "--configfile",
                f"workflow/config/{name}.yaml")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "decode" in out.stdout and "distill" in out.stdout
+    commands = [line for line in out.stdout.splitlines() if "d2f " in line]
+    training = [c for c in commands if "d2f train" in c or "d2f distill" in c]
+    assert training and all("OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} d2f" in c for c in training)
+    assert not any("OMP_WAIT_POLICY" in c for c in commands if "d2f decode" in c), "timed cells keep spinning threads"
     if name == "ci":
         assert "tau_act~0.7" not in out.stdout, "--configfile replaces the tiny config: no tiny sweeps leak in"
 
