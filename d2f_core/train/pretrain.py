@@ -148,8 +148,8 @@ def cut_short_message(desc: str, step: int, cfg: TrainConfig, seconds: float) ->
     return (f"{desc}: the time cap (max_minutes {cfg.max_minutes}) ended training at step {step} of {cfg.steps}: "
             f"{per_step:.2f} s per step, where the cap allows {allowed:.2f} s. The machine is {per_step / allowed:.1f}x "
             f"slower than the recipe expects, most often because another CPU-heavy process shares its cores "
-            f"(OpenMP threads of two processes spin against each other: the DAG's rules set OMP_WAIT_POLICY=PASSIVE, "
-            f"run by hand do the same). Fix: rerun on a quiet machine, give this job fewer threads (--threads, or "
+            f"(OpenMP threads of two processes spin against each other: the DAG's rules set OMP_WAIT_POLICY=PASSIVE; "
+            f"set it too when running by hand). Fix: rerun on a quiet machine, give this job fewer threads (--threads, or "
             f"snakemake --set-threads), or raise train.max_minutes in the config. "
             f"No model was saved, so nothing downstream is built from it.")
 
