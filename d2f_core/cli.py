@@ -93,6 +93,16 @@ def cmd_smollm2(a) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
+def cmd_export(a) -> None:
+    from d2f_core.model.export import export_adapter, export_model
+
+    if a.adapter_of:
+        out = export_adapter(a.src, a.out, a.format, a.adapter_of)
+    else:
+        out = export_model(a.src, a.out, a.format)
+    print(f"{a.src} -> {out} ({a.format} layout)")
+
+
 def run_lm_eval(args: list[str]) -> None:
     """lm-eval's own CLI, with `--model d2f` registered."""
     import d2f_core.bench.lm_eval_model  # noqa: F401
@@ -163,12 +173,17 @@ def cmd_distill(a) -> None:
 
 
 def cmd_decode(a) -> None:
-    from d2f_core.bench.runner import parse_params, run_cell
+    from d2f_core.bench.runner import parse_params, run_cells
 
-    rec = run_cell(a.model, a.benchmark, a.data, a.decoder, parse_params(a.params), a.max_new_tokens, a.out,
-                   adapter=a.adapter, merge=a.merge, limit=a.limit, warmup=a.warmup, threads=a.threads, chat=a.chat)
-    if rec["status"] != "ok":
-        print(f"cell FAILED (recorded in {a.out}/meter.json): {rec['error']}", file=sys.stderr)
+    cells = []
+    for cell in a.cells:
+        decoder, _, label = cell.partition("/")
+        cells.append((decoder, parse_params(label or "default")))
+    records = run_cells(a.model, a.benchmark, a.data, cells, a.max_new_tokens, a.out, adapter=a.adapter,
+                        merge=a.merge, limit=a.limit, warmup=a.warmup, threads=a.threads, chat=a.chat)
+    for cell, rec in zip(a.cells, records):
+        if rec["status"] != "ok":
+            print(f"cell {cell} FAILED (recorded in {a.out}/{cell}/meter.json): {rec['error']}", file=sys.stderr)
 
 
 def cmd_speed(a) -> None:
@@ -189,7 +204,7 @@ def cmd_score(a) -> None:
     from d2f_core.bench.scoring import score_cell
 
     try:
-        s = score_cell(a.cell, a.data, a.profile, a.model_name, a.base_model, a.sandbox)
+        s = score_cell(a.cell, a.data, a.profile, a.model_name, a.base_model, a.sandbox, a.workers)
     except SandboxUnavailable as e:
         raise SystemExit(f"error: {e}") from None
     print(f"{a.cell}: status {s['status']}, score {s.get('score')}, tps {s.get('tps')}")
@@ -216,6 +231,18 @@ def cmd_report(a) -> None:
     print(f"tables, Pareto plots and timelines -> {a.out}")
 
 
+def cmd_verify_run(a) -> None:
+    from d2f_core.report.verify import verify_run
+
+    problems = verify_run(a.summary, a.data, a.tables, a.published)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    if problems:
+        raise SystemExit(f"error: {a.summary}: {len(problems)} problem(s); the run is not complete as scored")
+    print(f"{a.summary}: every cell ok, every benchmark scored by its own scorer"
+          + (", published columns shown" if a.published else ""))
+
+
 def cmd_regress(a) -> None:
     from d2f_core.report.regress import UnusableInput, regress, update_reference
 
@@ -229,6 +256,14 @@ def cmd_regress(a) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code)
+
+
+def cmd_selfcheck(a) -> None:
+    from d2f_core.bench.selfcheck import run_selfcheck
+
+    report = run_selfcheck(a.models)
+    print("verdict: " + ("FAIL" if report.failed else "pass"))
+    raise SystemExit(1 if report.failed else 0)
 
 
 def cmd_generate(a) -> None:
@@ -278,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_smollm2)
 
+    s = sub.add_parser("export", help="write a model or adapter built here in the released LLaDA or Dream layout")
+    s.add_argument("--src", required=True, help="a model (or, with --adapter-of, an adapter) directory")
+    s.add_argument("--format", choices=["llada", "dream"], required=True)
+    s.add_argument("--adapter-of", metavar="BASE", help="the source is a D2F adapter; BASE: its exported base model")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export)
+
     sub.add_parser("lm-eval", help="lm-eval's own CLI with `--model d2f` registered (every argument is lm-eval's)")
 
     s = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the training splits")
@@ -319,20 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_distill)
 
-    s = sub.add_parser("decode", help="decode one cell and time every generate call")
+    s = sub.add_parser("decode", help="decode cells of one model on one benchmark (one process, one model load); "
+                                      "time every generate call")
     s.add_argument("--model", required=True)
     s.add_argument("--adapter")
     s.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the weights")
     s.add_argument("--benchmark", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--decoder", required=True)
-    s.add_argument("--params", default="default", help="key~value pairs joined by ',' (the cell's directory name)")
+    s.add_argument("--cells", nargs="+", required=True, metavar="DECODER/PARAMS",
+                   help="each cell as its directory: a decoder and its key~value pairs joined by ',', e.g. "
+                        "d2f/block_size~8,tau_add~0.1 (or ar/default)")
     s.add_argument("--max-new-tokens", type=positive_int, required=True)
     s.add_argument("--limit", type=int, help="first N test problems only")
     s.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up generations")
     s.add_argument("--threads", type=int)
     s.add_argument("--chat", action="store_true", help="render few-shot prompts with the model's chat template")
-    s.add_argument("--out", required=True, help="the cell directory")
+    s.add_argument("--out", required=True, help="the model x benchmark directory: each cell goes to OUT/DECODER/PARAMS "
+                                                "and OUT/decoded.json lists them")
     s.set_defaults(func=cmd_decode)
 
     s = sub.add_parser("speed", help="paired speed: a group's decoders interleaved per problem; ratios with CIs")
@@ -356,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sandbox", choices=["bwrap", "rlimit"], default="bwrap",
                    help="how generated code is isolated: bwrap (namespaces; the default) or rlimit (limits only: "
                         "opt in where user namespaces are forbidden)")
+    s.add_argument("--workers", type=positive_int, default=1, help="sandboxed programs run at a time (code benchmarks)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("check-config", help="check a config as the DAG does at parse time, naming the bad line or field")
@@ -375,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--speed", nargs="*", help="paired speed files (results/{profile}/speed/*.json) for the tables")
     s.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("verify-run", help="check a finished run: every cell ok, every benchmark scored by its own "
+                                          "scorer, the published columns shown (CI, on paper-smoke)")
+    s.add_argument("--summary", required=True, help="results/{profile}/summary.csv")
+    s.add_argument("--data", required=True, help="results/{profile}/data (the test files the cells were scored on)")
+    s.add_argument("--tables", required=True, help="reports/{profile}/tables.md")
+    s.add_argument("--published", action="store_true", help="the config has published numbers: require their columns")
+    s.set_defaults(func=cmd_verify_run)
+
     s = sub.add_parser("regress", help="CI gate: compare a run with a committed reference (exit 1 on a regression)")
     s.add_argument("--summary", required=True, help="results/{profile}/summary.csv")
     s.add_argument("--reference", required=True, help="results/reference/{profile}.csv")
@@ -387,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
                                               "gate then uses their ratios and the reference's {reference}.speed.json")
     s.add_argument("--update", action="store_true", help="rewrite the reference from this run instead")
     s.set_defaults(func=cmd_regress)
+
+    s = sub.add_parser("selfcheck", help="a GPU's first check (minutes): every decoder on the paper-smoke models, "
+                                         "CUDA timing, NVML, D2F cache agreement in bf16, compiled AR; on a CPU, the "
+                                         "CPU checks")
+    s.add_argument("--models", default="results/paper-smoke/models",
+                   help="the paper-smoke models (`snakemake models --cores all --configfile "
+                        "workflow/config/paper-smoke.yaml`)")
+    s.set_defaults(func=cmd_selfcheck)
 
     s = sub.add_parser("generate", help="run one decoder on one prompt")
     s.add_argument("--model", required=True)

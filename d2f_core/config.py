@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from d2f_core.bench.benchmarks import BENCHMARKS
+from d2f_core.bench.benchmarks import BENCHMARKS, SYNTHETIC
 from d2f_core.bench.runner import params_label, parse_params
 from d2f_core.decode.base import check_params, decoder_names, decoder_params
 from d2f_core.report.regress import SPEED_DECODERS
@@ -60,8 +60,46 @@ def check_config(path: str) -> list[Cell]:
         validate(config, str(SCHEMA))
     except WorkflowError as e:  # it carries jsonschema's message: the field, the rule it broke
         raise ValueError(f"{path}: {e}") from None
+    check_sources(config)
     cells = expand_cells(config)
     return cells + [cell for cell in expand_cells(config, "sweeps") if cell not in cells]
+
+
+def train_corpora(config: dict) -> dict[str, dict]:
+    """What models built here train on: `train_data`, else the synthetic benchmarks of `data` (the tiny profile)."""
+    benchmarks = config["data"]["benchmarks"]
+    return config.get("train_data") or {b: spec for b, spec in benchmarks.items() if b in SYNTHETIC}
+
+
+def check_sources(config: dict) -> None:
+    """What the schema cannot see: an `export` names a model (or adapter) of this config that can take the released
+    layout, and every local data file is there. Checked when the DAG is parsed, before anything runs."""
+    models, adapters = config["models"], config.get("adapters", {})
+    for name, spec in models.items():
+        src = spec.get("export")
+        if src is None:
+            continue
+        if src not in models or "export" in models[src]:
+            raise ValueError(f"models.{name}.export: {src!r} is not a model built or read here; valid: "
+                             f"{', '.join(n for n in models if 'export' not in models[n])}")
+        if spec["family"] not in ("llada", "dream") or models[src]["family"] != spec["family"]:
+            raise ValueError(f"models.{name}.export: a {spec['family']} model cannot be exported from "
+                             f"{src} ({models[src]['family']}); only llada and dream models have a released layout")
+    for name, spec in adapters.items():
+        src = spec.get("export")
+        if src is None:
+            continue
+        wanted = models.get(spec["base"], {}).get("export")
+        if src not in adapters or adapters[src]["base"] != wanted:
+            raise ValueError(f"adapters.{name}.export: {src!r} must be an adapter of {wanted!r}, the model that "
+                             f"{spec['base']!r} exports")
+    for bench, spec in config["data"]["benchmarks"].items():
+        for split, path in (spec.get("data_files") or {}).items():
+            if not Path(path).exists():
+                raise FileNotFoundError(
+                    f"data.benchmarks.{bench}.data_files.{split}: {path} not found; put the real {bench} {split} "
+                    f"split there as jsonl (the copies in ../shared/data/, see its README.md), point data_files at "
+                    f"your copy, or remove data_files to read the dataset from the hub")
 
 
 def model_names(config: dict) -> list[str]:

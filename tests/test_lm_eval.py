@@ -4,6 +4,7 @@ evaluated end to end through the registered `d2f` lm-eval model."""
 from __future__ import annotations
 
 import pytest
+from lm_eval.api.model import LM
 
 from conftest import SHARED_DATA
 
@@ -57,3 +58,64 @@ def test_lm_eval_runs_a_tiny_model_through_the_registered_model(model_dirs):
     assert [s["id"] for s in lm.samples] == ["gsm8k/0", "gsm8k/1", "gsm8k/2"]
     assert all(s["tokens"] <= 16 and s["latency"] > 0 and s["forwards"] >= 1 for s in lm.samples)
     assert all("Question:" not in s["output"] for s in lm.samples), "outputs are cut at the stop sequences"
+
+
+class RecordingLM(LM):
+    """An lm-eval model that answers nothing and records what lm-eval sends it: the context of every request."""
+
+    def __init__(self):
+        super().__init__()
+        self.contexts = {}
+
+    def generate_until(self, requests, disable_tqdm=False):
+        self.contexts |= {f"{r.task_name}/{r.doc_id}": r.args[0] for r in requests}
+        return [""] * len(requests)
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+
+class NoCodeEval:
+    """Stands in for HF `code_eval`, which lm-eval's own HumanEval/MBPP modules load (and run) at import; nothing here
+    executes code: the test compares prompts only."""
+
+    def compute(self, **_):
+        return {"pass@1": 0.0}, {}
+
+
+# benchmark -> (lm-eval's own task, shots, local data, documents); our humaneval and mbpp tasks are project copies
+OWN_TASKS = {
+    "gsm8k": ("gsm8k", 4, GSM8K, None),
+    "gsm8k_cot": ("gsm8k_cot", 8, GSM8K, None),
+    "minerva_math500": ("minerva_math500", 4, {"test": str(SHARED_DATA / "math500_test.jsonl")}, None),
+    "humaneval": ("humaneval", 0, {"test": str(SHARED_DATA / "HumanEval.jsonl.gz")}, None),
+    "mbpp": ("mbpp", 3, {"test": str(SHARED_DATA / "mbpp.jsonl")}, (10, 13)),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("name", OWN_TASKS)
+def test_rendered_prompts_are_what_lm_eval_itself_sends(name, monkeypatch):
+    """The context in our test file equals the one lm-eval's own task (not our copy) hands a model, document by
+    document, with the same shots."""
+    import evaluate
+    import lm_eval
+
+    from d2f_core.bench.benchmarks import get_benchmark
+    from d2f_core.bench.prompts import build_rows, load_tasks
+
+    monkeypatch.setattr(evaluate, "load", lambda *a, **k: NoCodeEval())
+    task, shots, files, docs = OWN_TASKS[name]
+    ours = build_rows(name, shots, files, limit=3, docs=docs)
+    model = RecordingLM()
+    lm_eval.simple_evaluate(model=model, tasks=list(load_tasks(name, files, task=task).values()),
+                            num_fewshot=shots, limit=None if docs else 3,
+                            samples={task: list(range(*docs))} if docs else None, confirm_run_unsafe_code=True)
+    assert len(ours) == len(model.contexts) == 3
+    for row in ours:
+        theirs = model.contexts[row["id"].replace(get_benchmark(name).task, task, 1)]
+        assert row["context"] == theirs, row["id"]
+        assert all(turn["content"].strip() in theirs for turn in row["messages"]), "chat turns: the same exemplars"

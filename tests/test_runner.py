@@ -67,3 +67,33 @@ def test_missing_model_names_the_path(data_dir, tmp_path):
     rec = run_cell(str(tmp_path / "nowhere"), "tiny-gsm", str(data_dir), "ar", {}, 8, str(tmp_path / "cell"))
     assert rec["status"] == "failed" and "nowhere" in rec["error"] and "snakemake" in rec["error"]
     assert json.loads((tmp_path / "cell" / "meter.json").read_text())["status"] == "failed"
+
+
+def test_one_process_decodes_a_models_cells_and_a_rerun_keeps_the_finished_ones(model_dirs, data_dir, tmp_path):
+    from d2f_core.bench.runner import run_cells
+
+    def run(cells, model="llada"):
+        return run_cells(str(model_dirs[model]), "tiny-gsm", str(data_dir), cells, 16, str(tmp_path / "group"),
+                         limit=2)
+
+    first = run([("vanilla", {"block_size": "8"}), ("d2f", {"block_size": "8", "tau_add": "0.5"}),
+                 ("vanilla", {"block_size": "7"})])  # the last cannot run: 7 does not divide 16
+    assert [r["status"] for r in first] == ["ok", "ok", "failed"] and "must divide" in first[2]["error"]
+    manifest = json.loads((tmp_path / "group" / "decoded.json").read_text())
+    assert [c["cell"] for c in manifest["cells"]] == ["vanilla/block_size~8", "d2f/block_size~8,tau_add~0.5",
+                                                      "vanilla/block_size~7"]
+    cell = tmp_path / "group" / "vanilla" / "block_size~8"
+    stamp = (cell / "generations.jsonl").stat().st_mtime_ns
+    again = run([("vanilla", {"block_size": "8"}), ("vanilla", {"block_size": "4"})])  # one kept, one new
+    assert again[0] == first[0] and (cell / "generations.jsonl").stat().st_mtime_ns == stamp
+    assert again[1]["status"] == "ok" and again[1]["resumed_from"] == 0
+    other = run([("vanilla", {"block_size": "8"})], model="dream")  # another model: decoded again, not kept
+    assert other[0]["model"] == str(model_dirs["dream"]) and (cell / "generations.jsonl").stat().st_mtime_ns != stamp
+
+
+def test_a_model_that_cannot_load_fails_each_cell_of_the_process(data_dir, tmp_path):
+    from d2f_core.bench.runner import run_cells
+
+    records = run_cells(str(tmp_path / "nowhere"), "tiny-gsm", str(data_dir), [("ar", {}), ("ar", {"cache": "static"})],
+                        8, str(tmp_path / "group"))
+    assert [r["status"] for r in records] == ["failed", "failed"] and all("nowhere" in r["error"] for r in records)

@@ -13,10 +13,10 @@ from snakemake.utils import validate
 from d2f_core.config import expand_cells
 from d2f_core.decode.base import decoder_names
 
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
-CONFIGS = ["tiny", "ci", "paper"]
+CONFIGS = ["tiny", "ci", "paper", "paper-smoke"]
 
 
 def load(name):
@@ -109,13 +109,18 @@ def test_paper_dry_run_lists_the_whole_paper_dag(profile):
     out = _run(sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", "--configfile",
                "workflow/config/paper.yaml", *extra)
     assert out.returncode == 0, out.stderr[-2000:]
-    config = load("paper")
-    cells = len(expand_cells(config)) + len(expand_cells(config, "sweeps"))
-    assert job_counts(out.stdout) == {"fetch_adapter": 2, "fetch_model": 4, "prompts": 5, "decode": cells,
+    cells, groups = cells_and_groups(load("paper"))
+    assert job_counts(out.stdout) == {"fetch_adapter": 2, "fetch_model": 4, "prompts": 5, "decode": groups,
                                       "score": cells, "aggregate": 1, "report": 1, "all": 1}
-    if profile == "slurm":  # every decode cell gets a GPU of its own
+    if profile == "slurm":  # every decode job (a model on a benchmark) gets a GPU of its own
         decode_jobs = out.stdout.split("rule decode:")[1:]
         assert decode_jobs and all("gpu=1" in job.split("rule ")[0] for job in decode_jobs)
+
+
+def cells_and_groups(config) -> tuple[int, int]:
+    """Score jobs (one per cell, table and sweep) and decode jobs (one per model x benchmark)."""
+    cells = set(expand_cells(config)) | set(expand_cells(config, "sweeps"))
+    return len(cells), len({(c.model, c.benchmark) for c in cells})
 
 
 def test_paper_profile_without_the_hub_names_the_model_and_the_fix(tmp_path):
@@ -128,8 +133,9 @@ def test_paper_profile_without_the_hub_names_the_model_and_the_fix(tmp_path):
 
 def test_cli_help_lists_every_step():
     out = _run(sys.executable, "-m", "d2f_core.cli", "--help")
-    for step in ("data", "prompts", "fetch", "tokenizer", "train", "distill", "decode", "score", "aggregate",
-                 "report", "regress", "generate", "lm-eval"):
+    for step in ("data", "prompts", "fetch", "smollm2", "export", "tokenizer", "train", "distill", "decode", "speed",
+                 "score", "check-config", "aggregate", "report", "verify-run", "regress", "selfcheck", "generate",
+                 "lm-eval"):
         assert step in out.stdout
 
 
@@ -160,3 +166,36 @@ def test_a_local_model_path_without_a_checkpoint_fails_before_any_job(tmp_path):
     out = _run(sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path))
     assert out.returncode != 0
     assert f"dream-base: local copy {tmp_path / 'empty'} has no config.json" in out.stderr + out.stdout
+
+
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "gsm8k_test.jsonl").exists(), reason="real data not available")
+
+
+@needs_data
+def test_paper_smoke_dry_run_runs_every_kind_of_paper_job():
+    out = _run(sys.executable, "-m", "snakemake", "-n", "--forceall", "--nolock", "--configfile",
+               "workflow/config/paper-smoke.yaml")
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = load("paper-smoke")
+    cells, groups = cells_and_groups(config)
+    assert job_counts(out.stdout) == {
+        "data": 2, "tokenizer": 1, "train_model": 3, "distill": 2, "export_model": 2, "export_adapter": 2,
+        "build_model": 1, "prompts": 5, "decode": groups, "score": cells, "aggregate": 1, "report": 1, "all": 1}
+    assert {c.decoder for c in expand_cells(config)} == {"ar", "vanilla", "fast_dllm", "d2f"}
+
+
+def test_missing_local_data_and_a_bad_export_fail_at_parse_naming_the_field(tmp_path):
+    config = load("paper-smoke")
+    config["data"]["benchmarks"]["gsm8k"]["data_files"] = {"test": str(tmp_path / "gsm8k_test.jsonl")}
+    path = tmp_path / "no-data.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = _run(sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path))
+    assert out.returncode != 0
+    assert f"data.benchmarks.gsm8k.data_files.test: {tmp_path / 'gsm8k_test.jsonl'} not found; put the real gsm8k " \
+           "test split there" in out.stderr + out.stdout
+    config = load("paper-smoke")
+    config["models"]["llada-instruct"]["export"] = "tiny-dream"
+    path.write_text(yaml.safe_dump(config))
+    out = _run(sys.executable, "-m", "d2f_core.cli", "check-config", str(path))
+    assert out.returncode == 1 and "models.llada-instruct.export: a llada model cannot be exported from tiny-dream" \
+        in out.stderr

@@ -18,6 +18,7 @@ import yaml
 from d2f_core.bench.benchmarks import get_benchmark
 
 PROJECT_TASKS = Path(__file__).parent / "lm_eval_tasks"  # HumanEval and MBPP without lm-eval's unsandboxed metric
+FEWSHOT_SEED = 1234  # lm-eval's default `fewshot_random_seed` (lm_eval.defaults.DEFAULT_OTHER_SEED): its exemplars
 
 
 @functools.cache
@@ -28,10 +29,10 @@ def task_manager():
     return TaskManager(include_path=str(PROJECT_TASKS))
 
 
-def load_tasks(benchmark: str, data_files: dict[str, str] | None = None) -> dict:
-    """The benchmark's lm-eval task(s); with `data_files`, the same task definition reading local jsonl copies
-    (a YAML that `include`s the registered one and overrides only the dataset)."""
-    manager, name = task_manager(), get_benchmark(benchmark).task
+def load_tasks(benchmark: str, data_files: dict[str, str] | None = None, task: str | None = None) -> dict:
+    """The benchmark's lm-eval task(s) (or the lm-eval task named `task`); with `data_files`, the same task definition
+    reading local jsonl copies (a YAML that `include`s the registered one and overrides only the dataset)."""
+    manager, name = task_manager(), task or get_benchmark(benchmark).task
     if not data_files:
         return manager.load([name])["tasks"]
     missing = [p for p in data_files.values() if not Path(p).exists()]
@@ -66,8 +67,10 @@ def build_rows(benchmark: str, shots: int | None = None, data_files: dict[str, s
     for name, task in sorted(load_tasks(benchmark, data_files).items()):  # a group (minerva_math) is several tasks
         if shots is not None:
             task.set_config(key="num_fewshot", value=shots)
+        task.set_fewshot_seed(seed=FEWSHOT_SEED)
         task.build_all_requests(**select, rank=0, world_size=1)
         plain = list(task.instances)
+        task.set_fewshot_seed(seed=FEWSHOT_SEED)  # the chat turns hold the same exemplars as the plain context
         task.build_all_requests(**select, rank=0, world_size=1, apply_chat_template=True,
                                 fewshot_as_multiturn=True, chat_template=_capture_turns)
         for text, chat in zip(plain, task.instances):

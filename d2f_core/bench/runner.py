@@ -1,11 +1,16 @@
-"""Decode one cell (model x benchmark x decoder x params): warm up, then time every `generate` call.
+"""Decode the cells of one model on one benchmark (decoder x params each): warm up, then time every `generate` call.
 
-Every finished problem is appended to `generations.partial.jsonl` at once, so a killed run resumes where it stopped;
-the file becomes `generations.jsonl` when the cell is complete. `generations.partial.identity.json` records what
-produced the partial rows (model and adapter fingerprints, decoder, parameters, data hash, generation length); a
-resume continues them only when all of it matches, so a cell never mixes two models. A cell that cannot run (bad
-model path, bad parameter, a prompt longer than the model's context, non-finite logits) is recorded as failed in
-`meter.json` with its error, and the workflow goes on with the other cells.
+One process serves every cell of a model x benchmark: Python's imports (torch and transformers: ~7.5 s of a CPU
+process's start) and the model load are paid once, and the prompts are checked once, while each cell keeps its own
+decoder, warm-up, timing, resume and failure record in its own directory.
+
+Every finished problem is appended to the cell's `generations.partial.jsonl` at once, so a killed run resumes where
+it stopped; the file becomes `generations.jsonl` when the cell is complete. `generations.partial.identity.json`
+records what produced the rows (model and adapter fingerprints, decoder, parameters, data hash, generation length);
+a resume continues them, and a complete cell is kept as it is, only when all of it matches, so a cell never
+mixes two models and a rerun never decodes a finished cell twice. A cell that cannot run (bad model path, bad
+parameter, a prompt longer than the model's context, non-finite logits) is recorded as failed in `meter.json` with
+its error, and the other cells go on.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import os
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +31,7 @@ from d2f_core.bench.gpu_slot import claim_gpu
 from d2f_core.bench.io import JsonlAppender, atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
 from d2f_core.bench.meter import Meter, timed
 from d2f_core.decode.base import build_decoder, check_params
-from d2f_core.model.load import load_model
+from d2f_core.model.load import LoadedModel, load_model
 from d2f_core.train.corpora import read_jsonl
 
 
@@ -43,9 +49,69 @@ def params_label(params: dict) -> str:
     return ",".join(f"{k}~{params[k]}" for k in sorted(params)) or "default"
 
 
+@dataclass
+class Shared:
+    """What the cells of one model x benchmark share."""
+    lm: LoadedModel
+    rows: list[dict]
+    prompts: list[list[int]]  # each checked to fit the model's positions and to give finite logits
+
+
+class Prepared:
+    """`prepare`'s result, made on the first cell that needs it and reused by the others; its error too, so a
+    model that fails to load fails every cell of the process without being loaded again."""
+
+    def __init__(self, *args):
+        self.args, self.value, self.error = args, None, None
+
+    def get(self) -> Shared:
+        if self.value is None and self.error is None:
+            try:
+                self.value = prepare(*self.args)
+            except Exception as e:
+                self.error = e
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def prepare(model: str, benchmark: str, data_dir: str, max_new_tokens: int, adapter: str | None, merge: bool,
+            limit: int | None, chat: bool) -> Shared:
+    """Load the model and the test rows; tokenize and check every prompt once (an untimed forward each)."""
+    bench = get_benchmark(benchmark)
+    rows = read_jsonl(bench.test_file(data_dir))[:limit]
+    claim_gpu()
+    lm = load_model(model, adapter=adapter, merge=merge)
+    prompts = [prompt_ids(lm, bench, r, chat) for r in rows]
+    for row, ids in zip(rows, prompts):
+        check_fits(lm, row["id"], ids, max_new_tokens)
+        check_finite(lm, row["id"], ids)
+    return Shared(lm, rows, prompts)
+
+
+def run_cells(model: str, benchmark: str, data_dir: str, cells: list[tuple[str, dict]], max_new_tokens: int,
+              out_dir: str, adapter: str | None = None, merge: bool = False, limit: int | None = None,
+              warmup: int = 1, threads: int | None = None, chat: bool = False) -> list[dict]:
+    """Decode each (decoder, params) cell into `out_dir`/decoder/params and list them in `out_dir`/decoded.json."""
+    if threads:
+        torch.set_num_threads(threads)
+    shared = Prepared(model, benchmark, data_dir, max_new_tokens, adapter, merge, limit, chat)
+    records = [run_cell(model, benchmark, data_dir, decoder, params, max_new_tokens,
+                        str(Path(out_dir) / decoder / params_label(params)), adapter, merge, limit, warmup, chat=chat,
+                        shared=shared) for decoder, params in cells]
+    atomic_write_json(Path(out_dir) / "decoded.json", {
+        "model": model, "adapter": adapter, "benchmark": benchmark,
+        "cells": [{"cell": f"{r['decoder']}/{params_label(r['params'])}", "status": r["status"],
+                   "error": r["error"]} for r in records]})
+    return records
+
+
 def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: dict, max_new_tokens: int,
              out_dir: str, adapter: str | None = None, merge: bool = False, limit: int | None = None,
-             warmup: int = 1, threads: int | None = None, chat: bool = False) -> dict:
+             warmup: int = 1, threads: int | None = None, chat: bool = False,
+             shared: Prepared | None = None) -> dict:
+    """One cell into `out_dir`: kept as it is when already complete with the same identity, else resumed or decoded
+    (with `shared`, the model and prompts the other cells of this process use)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial, final = out / "generations.partial.jsonl", out / "generations.jsonl"
@@ -57,35 +123,35 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
     try:
         check_params(decoder, params, max_new_tokens)  # before any model is loaded
         bench = get_benchmark(benchmark)
-        rows = read_jsonl(bench.test_file(data_dir))[:limit]
         identity = {"model": fingerprint(model), "adapter": fingerprint(adapter) if adapter else None,
                     "merge": merge, "decoder": decoder, "params": params, "max_new_tokens": max_new_tokens,
                     "data": file_hash(bench.test_file(data_dir)), "chat": chat}
+        kept = complete(out, identity, limit)
+        if kept:
+            print(f"{out}: complete with the same model, decoder, parameters and data; kept")
+            return kept
         done = resumable(partial, identity)
-        record["gpu_index"] = claim_gpu()
-        lm = load_model(model, adapter=adapter, merge=merge)
+        shared = (shared or Prepared(model, benchmark, data_dir, max_new_tokens, adapter, merge, limit, chat)).get()
+        lm = shared.lm
         dec = build_decoder(decoder, lm, **params)
+        record["gpu_index"] = torch.cuda.current_device() if lm.device.type == "cuda" else None
         record["device_info"] = device_info(lm.device)
         record["resumed_from"] = len(done)
-        todo = rows[len(done):]
-        prompts = [prompt_ids(lm, bench, r, chat) for r in todo]
-        for row, ids in zip(todo, prompts):  # before the metered window: one untimed forward over each prompt
-            check_fits(lm, row["id"], ids, max_new_tokens)
-            check_finite(lm, row["id"], ids)
-        for row, ids in list(zip(todo, prompts))[:warmup]:  # never recorded: first-call allocations, lazy init
+        todo = list(zip(shared.rows, shared.prompts))[len(done):]
+        for row, ids in todo[:warmup]:  # never recorded: first-call allocations, lazy init
             dec.generate(ids, max_new_tokens, bench.stops(row))
         meter, log = Meter(lm.device), JsonlAppender(partial)
         meter.start()
-        for row, ids in tqdm(list(zip(todo, prompts)), desc=f"{decoder} {Path(model).name} {benchmark}",
-                             mininterval=5):
+        for row, ids in tqdm(todo, desc=f"{decoder} {Path(model).name} {benchmark}", mininterval=5):
             log.write(decode_one(dec, lm, row["id"], ids, max_new_tokens, bench.stops(row),
-                                 first=not done and row is rows[0]))
+                                 first=not done and row is shared.rows[0]))
         record["meter"] = meter.stop()
         record["meter"]["window_samples"] = len(todo)
         log.close()
         os.replace(partial, final)
     except Exception as e:  # the cell is recorded as failed; other cells go on
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        record.update(status="failed", error=f"{type(e).__name__}: {e}",
+                      traceback="".join(traceback.format_exception(e)))
         final.touch()
     atomic_write_json(out / "meter.json", record)
     return record
@@ -103,6 +169,16 @@ def fingerprint(path: str) -> dict:
 
 def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def complete(out: Path, identity: dict, limit: int | None) -> dict | None:
+    """The cell's record if it finished ok with this identity and problem limit (a rerun keeps it), else None."""
+    meta, meter = out / "generations.partial.identity.json", out / "meter.json"
+    if not ((out / "generations.jsonl").exists() and meter.exists() and meta.exists()):
+        return None
+    record = json.loads(meter.read_text())
+    same = json.loads(meta.read_text()) == json.loads(json.dumps(identity))
+    return record if same and record.get("status") == "ok" and record.get("limit") == limit else None
 
 
 def resumable(partial: Path, identity: dict) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,16 +22,20 @@ from d2f_core.train.corpora import read_jsonl
 
 
 def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str, base_model: str | None = None,
-               sandbox: str = "bwrap") -> dict:
-    """Score every sample; code runs in `sandbox` (checked first: a sandbox that cannot start stops here)."""
+               sandbox: str = "bwrap", workers: int = 1) -> dict:
+    """Score every sample; code runs in `sandbox` (checked first: a sandbox that cannot start stops here), `workers`
+    programs at a time (each in its own sandbox: separate scratch dirs, uids and process trees)."""
     cell = Path(cell_dir)
     run = json.loads((cell / "meter.json").read_text())
     bench = get_benchmark(run["benchmark"])
     if bench.runs_code:
         check_sandbox(sandbox)
     rows = {r["id"]: r for r in read_jsonl(bench.test_file(data_dir))}
-    samples = [{**s, **verdict_of(bench, rows[s["id"]], s, sandbox)}
-               for s in tqdm(read_jsonl_tolerant(cell / "generations.jsonl"), desc=f"score {cell}", mininterval=5)]
+    generations = read_jsonl_tolerant(cell / "generations.jsonl")
+    with ThreadPoolExecutor(workers if bench.runs_code else 1) as pool:  # a verdict waits on its sandbox process
+        verdicts = pool.map(lambda s: verdict_of(bench, rows[s["id"]], s, sandbox), generations)
+        samples = [{**s, **v} for s, v in zip(generations, tqdm(verdicts, total=len(generations),
+                                                                 desc=f"score {cell}", mininterval=5))]
     rewrite_jsonl(cell / "samples.jsonl", samples)
     summary = summarize(samples, run, profile, model_name, base_model or model_name, bench.metric, cell_dir)
     summary["sandbox"] = sandbox if bench.runs_code else None

@@ -24,28 +24,41 @@ FAMILIES = ("ar", "llada", "dream")
 LLADA_MASK, LLADA_EOS = 126336, 126081  # LLaDA-Instruct ends turns with <|eot_id|> (126348), looked up by name
 DREAM_MASK = 151666
 
-# LLaDA module path -> Llama module path; module paths (not tensor names), so peft adapter keys map the same way
-LLADA_MODULES = [
-    (r"^model\.transformer\.wte$", "model.embed_tokens"),
-    (r"^model\.transformer\.ln_f$", "model.norm"),
-    (r"^model\.transformer\.ff_out$", "lm_head"),
-    (r"^model\.transformer\.blocks\.(\d+)\.attn_norm$", r"model.layers.\1.input_layernorm"),
-    (r"^model\.transformer\.blocks\.(\d+)\.ff_norm$", r"model.layers.\1.post_attention_layernorm"),
-    (r"^model\.transformer\.blocks\.(\d+)\.(q|k|v)_proj$", r"model.layers.\1.self_attn.\2_proj"),
-    (r"^model\.transformer\.blocks\.(\d+)\.attn_out$", r"model.layers.\1.self_attn.o_proj"),
-    (r"^model\.transformer\.blocks\.(\d+)\.ff_proj$", r"model.layers.\1.mlp.gate_proj"),
-    (r"^model\.transformer\.blocks\.(\d+)\.up_proj$", r"model.layers.\1.mlp.up_proj"),
-    (r"^model\.transformer\.blocks\.(\d+)\.ff_out$", r"model.layers.\1.mlp.down_proj"),
+# LLaDA module path <-> Llama module path ({i}: the layer); module paths (not tensor names), so peft adapter keys map
+# the same way. One table serves both directions: loading (LLaDA -> Llama) and export (Llama -> LLaDA, `export.py`).
+LLADA_LAYOUT = [
+    ("model.transformer.wte", "model.embed_tokens"),
+    ("model.transformer.ln_f", "model.norm"),
+    ("model.transformer.ff_out", "lm_head"),
+    ("model.transformer.blocks.{i}.attn_norm", "model.layers.{i}.input_layernorm"),
+    ("model.transformer.blocks.{i}.ff_norm", "model.layers.{i}.post_attention_layernorm"),
+    ("model.transformer.blocks.{i}.q_proj", "model.layers.{i}.self_attn.q_proj"),
+    ("model.transformer.blocks.{i}.k_proj", "model.layers.{i}.self_attn.k_proj"),
+    ("model.transformer.blocks.{i}.v_proj", "model.layers.{i}.self_attn.v_proj"),
+    ("model.transformer.blocks.{i}.attn_out", "model.layers.{i}.self_attn.o_proj"),
+    ("model.transformer.blocks.{i}.ff_proj", "model.layers.{i}.mlp.gate_proj"),
+    ("model.transformer.blocks.{i}.up_proj", "model.layers.{i}.mlp.up_proj"),
+    ("model.transformer.blocks.{i}.ff_out", "model.layers.{i}.mlp.down_proj"),
 ]
 LLADA_TARGETS = {"attn_out": "o_proj", "ff_proj": "gate_proj", "ff_out": "down_proj"}  # peft target_modules
 
 
+def _rename(path: str, pairs, what: str) -> str:
+    for src, dst in pairs:
+        m = re.fullmatch(re.escape(src).replace(r"\{i\}", r"(\d+)"), path)
+        if m:
+            return dst.replace("{i}", m.group(1)) if m.groups() else dst
+    raise KeyError(f"no {what} counterpart for module {path!r}")
+
+
 def llada_module(path: str) -> str:
     """`model.transformer.blocks.3.attn_out` -> `model.layers.3.self_attn.o_proj`; unknown paths raise."""
-    for pattern, target in LLADA_MODULES:
-        if re.match(pattern, path):
-            return re.sub(pattern, target, path)
-    raise KeyError(f"no Llama counterpart for LLaDA module {path!r}")
+    return _rename(path, LLADA_LAYOUT, "Llama")
+
+
+def llada_name(path: str) -> str:
+    """The inverse: `model.layers.3.self_attn.o_proj` -> `model.transformer.blocks.3.attn_out`."""
+    return _rename(path, [(b, a) for a, b in LLADA_LAYOUT], "LLaDA")
 
 
 def llada_tensor(name: str) -> str:

@@ -12,12 +12,14 @@ from d2f_core.model.masks import additive
 
 
 def backbone(model) -> torch.nn.Module:
-    """The LlamaForCausalLM-like module under a possible peft wrapper (LoRA layers stay injected and active)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The LlamaForCausalLM-like module under a possible peft wrapper (LoRA layers stay injected and active). Asked
+    of the class: a missing attribute on an nn.Module instance costs an exception, on every decoding step."""
+    return model.get_base_model() if hasattr(type(model), "get_base_model") else model
 
 
 def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-    """input_ids [1, q] at positions start..start+q-1; attend bool [q, cached + q]; returns hidden [1, q, H].
+    """input_ids [1, q] at positions start..start+q-1; attend bool [q, cached + q], or that mask already made
+    additive (`masks.additive`: a decoder that slices one mask every step converts it once); returns hidden [1, q, H].
 
     With a cache, the query's K/V are appended to it (even without use_cache; roll back with `cache.crop(-n)`).
     Cached keys carry their own positions (RoPE is applied before caching), so the cache need not be a prefix.
@@ -25,10 +27,10 @@ def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=No
     lm = backbone(model)
     q = input_ids.shape[1]
     cached = cache.get_seq_length() if cache is not None else 0
-    assert attend.shape == (q, cached + q), f"mask {tuple(attend.shape)} != ({q}, {cached + q})"
+    assert attend.shape[-2:] == (q, cached + q), f"mask {tuple(attend.shape)} != (.., {q}, {cached + q})"
     out = lm.model(
         input_ids=input_ids,
-        attention_mask=additive(attend.to(input_ids.device), lm.dtype),
+        attention_mask=attend if attend.is_floating_point() else additive(attend.to(input_ids.device), lm.dtype),
         position_ids=torch.arange(start, start + q, device=input_ids.device)[None],
         cache=cache,
         use_cache=cache is not None,

@@ -7,6 +7,7 @@ its config, so decoders need no side channel. Released LLaDA and Dream checkpoin
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,10 @@ class LoadedModel:
     path: str
     adapter: str | None = None
 
-    @property
+    @functools.cached_property
     def device(self) -> torch.device:
+        """Where the weights are (looked up once: decoders ask every step, and a peft model's parameter walk is
+        not free)."""
         return next(self.model.parameters()).device
 
 

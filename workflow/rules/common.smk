@@ -1,14 +1,16 @@
 import json
 import re
 
-from d2f_core.bench.benchmarks import SYNTHETIC
+from d2f_core.bench.benchmarks import SYNTHETIC, get_benchmark
 from d2f_core.bench.runner import parse_params
 from d2f_core.config import (
     base_of,
+    check_sources,
     expand_cells,
     gen_length_of,
     model_names,
     speed_pairs,
+    train_corpora,
 )
 from d2f_core.model.hub import check_local
 
@@ -16,8 +18,9 @@ PROFILE = config["profile"]
 DATA = f"results/{PROFILE}/data"
 MODELS = f"results/{PROFILE}/models"
 BENCHMARKS = list(config["data"]["benchmarks"])
-SYNTHETIC_BENCHMARKS = [b for b in BENCHMARKS if b in SYNTHETIC]
 REAL_BENCHMARKS = [b for b in BENCHMARKS if b not in SYNTHETIC]
+TRAIN_DATA = train_corpora(config)  # the synthetic corpora models built here train on
+SYNTHETIC_DATA = sorted({b for b in BENCHMARKS if b in SYNTHETIC} | set(TRAIN_DATA))
 ADAPTERS = config.get("adapters", {})
 CELLS = expand_cells(config)
 SWEEPS = [cell for cell in expand_cells(config, "sweeps") if cell not in CELLS]
@@ -34,7 +37,8 @@ def named(section, key):
     return [name for name, spec in config.get(section, {}).items() if key in spec]
 
 
-# Local copies (`path:`) are checked now, so a wrong path fails before any job runs.
+# Exports and local data files, then local copies (`path:`), are checked now, so a wrong one fails before any job runs.
+check_sources(config)
 for _section, _marker in (
     ("models", "config.json"),
     ("adapters", "adapter_config.json"),
@@ -46,16 +50,13 @@ for _section, _marker in (
 wildcard_constraints:
     model=one_of(model_names(config)),
     adapter=one_of(ADAPTERS),
-    benchmark=one_of(BENCHMARKS),
+    benchmark=one_of(sorted(set(BENCHMARKS) | set(SYNTHETIC_DATA))),
     decoder="[a-z0-9_]+",
     params="[^/]+",
 
 
 def get_train_mix():
-    return [
-        f"{b}:{spec.get('weight', 1)}"
-        for b, spec in config["data"]["benchmarks"].items()
-    ]
+    return [f"{b}:{spec.get('weight', 1)}" for b, spec in TRAIN_DATA.items()]
 
 
 def get_prompt_args(wildcards):
@@ -76,8 +77,11 @@ def get_prompt_args(wildcards):
 
 
 def get_data_sizes(wildcards):
-    sizes = config["data"]["benchmarks"][wildcards.benchmark]
-    return f"--train {sizes['train']} --test {sizes['test']}"
+    sizes = (
+        config["data"]["benchmarks"].get(wildcards.benchmark)
+        or TRAIN_DATA[wildcards.benchmark]
+    )
+    return f"--train {sizes['train']} --test {sizes.get('test', 0)}"
 
 
 def spec_of(name):
@@ -103,6 +107,20 @@ def base_model(name):
     return base_of(config, name)
 
 
+def get_export_inputs(wildcards):
+    return model_weights(spec_of(wildcards.get("model") or wildcards.adapter)["export"])
+
+
+def get_export_args(wildcards):
+    """`d2f export` of a model (its family's layout) or of an adapter (its exported base's family's layout)."""
+    if "adapter" in wildcards.keys():
+        base = config["models"][ADAPTERS[wildcards.adapter]["base"]]
+        src = ADAPTERS[wildcards.adapter]["export"]
+        return f"--src {model_dir(src)} --format {base['family']} --adapter-of {model_dir(ADAPTERS[wildcards.adapter]['base'])}"
+    spec = config["models"][wildcards.model]
+    return f"--src {model_dir(spec['export'])} --format {spec['family']}"
+
+
 def get_fetch_args(wildcards):
     name = wildcards.get("model") or wildcards.get("adapter")
     source = spec_of(name)["source"]
@@ -113,7 +131,7 @@ def get_train_inputs(wildcards):
     spec = config["models"][wildcards.model]
     inputs = {
         "tokenizer": f"{MODELS}/tokenizer/tokenizer.json",
-        "data": expand("{data}/{b}.train.jsonl", data=DATA, b=BENCHMARKS),
+        "data": expand("{data}/{b}.train.jsonl", data=DATA, b=TRAIN_DATA),
     }
     if "init" in spec:
         inputs["init"] = model_weights(spec["init"])
@@ -131,6 +149,23 @@ def get_train_args(wildcards):
     return " ".join(args)
 
 
+def get_group_cells(wildcards):
+    """The cells (decoder/params) of a model on a benchmark: its table cells, then its sweep points."""
+    return [
+        f"{c.decoder}/{c.params}"
+        for c in CELLS + SWEEPS
+        if (c.model, c.benchmark) == (wildcards.model, wildcards.benchmark)
+    ]
+
+
+def get_cell_dir(wildcards):
+    return f"results/{PROFILE}/{wildcards.model}/{wildcards.benchmark}/{wildcards.decoder}/{wildcards.params}"
+
+
+def get_score_threads(wildcards):
+    return workflow.cores if get_benchmark(wildcards.benchmark).runs_code else 1
+
+
 def get_base_model(wildcards):
     return base_model(wildcards.model)
 
@@ -138,7 +173,7 @@ def get_base_model(wildcards):
 def get_distill_inputs(wildcards):
     spec = ADAPTERS[wildcards.adapter]
     data = spec.get("pairs") or expand(
-        "{data}/{b}.train.jsonl", data=DATA, b=BENCHMARKS
+        "{data}/{b}.train.jsonl", data=DATA, b=TRAIN_DATA
     )
     return {"base": model_weights(spec["base"]), "data": data}
 
@@ -231,8 +266,9 @@ def get_speed_args(wildcards):
         f"--warmup {config['warmup']}",
         f"--rounds {config['speed']['rounds']}",
     ]
-    if config.get("limit"):
-        args.append(f"--limit {config['limit']}")
+    limits = [n for n in (config.get("limit"), config["speed"].get("problems")) if n]
+    if limits:
+        args.append(f"--limit {min(limits)}")
     return " ".join(args)
 
 

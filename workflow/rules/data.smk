@@ -5,7 +5,7 @@ rule data:
     log:
         f"logs/{PROFILE}/data/{{benchmark}}.log",
     wildcard_constraints:
-        benchmark=one_of(SYNTHETIC_BENCHMARKS),
+        benchmark=one_of(SYNTHETIC_DATA),
     conda:
         "../../environment.yml"
     params:
@@ -35,7 +35,7 @@ rule prompts:
 
 rule tokenizer:
     input:
-        train=expand("{data}/{b}.train.jsonl", data=DATA, b=SYNTHETIC_BENCHMARKS),
+        train=expand("{data}/{b}.train.jsonl", data=DATA, b=TRAIN_DATA),
     output:
         f"{MODELS}/tokenizer/tokenizer.json",
     log:
@@ -43,7 +43,7 @@ rule tokenizer:
     conda:
         "../../environment.yml"
     params:
-        benchmarks=SYNTHETIC_BENCHMARKS,
+        benchmarks=list(TRAIN_DATA),
         vocab_size=config["tokenizer"]["vocab_size"],
     shell:
         "d2f tokenizer --data $(dirname {input.train[0]}) --benchmarks {params.benchmarks} "

