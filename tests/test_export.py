@@ -64,6 +64,11 @@ def test_the_llada_layout_is_llada_s(model_dirs, adapters, tmp_path):
     assert "model.transformer.wte.weight" in names and "model.transformer.blocks.1.attn_out.weight" in names
     assert not any(n.startswith("model.layers") for n in names)
     assert "<|start_header_id|>" in json.loads((base / "tokenizer_config.json").read_text())["chat_template"]
+    lm = load_model(base, device="cpu")  # the template renders (it opens with bos_token, which the tiny vocab lacks)
+    text = lm.tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], add_generation_prompt=True,
+                                            tokenize=False)
+    assert text == "<pad><|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|><|start_header_id|>assistant" \
+                   "<|end_header_id|>\n\n"
     adapter = export_adapter(adapters["llada"], tmp_path / "adapter", "llada", base)
     assert sorted(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == [
         "attn_out", "k_proj", "q_proj", "v_proj"]

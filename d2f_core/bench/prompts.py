@@ -21,18 +21,31 @@ PROJECT_TASKS = Path(__file__).parent / "lm_eval_tasks"  # HumanEval and MBPP wi
 FEWSHOT_SEED = 1234  # lm-eval's default `fewshot_random_seed` (lm_eval.defaults.DEFAULT_OTHER_SEED): its exemplars
 
 
+# Where lm-eval keeps each task's definition: indexing one folder takes well under a second, all of lm-eval's ~10 s
+# (a task missing here is looked up in the whole index).
+LM_EVAL_FOLDERS = {"gsm8k": "gsm8k", "gsm8k_cot": "gsm8k", "minerva_math": "minerva_math",
+                   "minerva_math500": "minerva_math", "humaneval": "humaneval", "mbpp": "mbpp"}
+
+
 @functools.cache
-def task_manager():
-    """Indexing lm-eval's task definitions takes ~10 s: once per process."""
+def task_manager(folder: str | None = None):
+    """The project's tasks and one lm-eval folder (or, with None, every lm-eval task), indexed once per process."""
+    import lm_eval.tasks
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(PROJECT_TASKS))
+    if folder is None:
+        return TaskManager(include_path=str(PROJECT_TASKS))
+    lm_eval_folder = Path(lm_eval.tasks.__file__).parent / folder
+    return TaskManager(include_path=[str(lm_eval_folder), str(PROJECT_TASKS)], include_defaults=False)
 
 
 def load_tasks(benchmark: str, data_files: dict[str, str] | None = None, task: str | None = None) -> dict:
     """The benchmark's lm-eval task(s) (or the lm-eval task named `task`); with `data_files`, the same task definition
     reading local jsonl copies (a YAML that `include`s the registered one and overrides only the dataset)."""
-    manager, name = task_manager(), task or get_benchmark(benchmark).task
+    name = task or get_benchmark(benchmark).task
+    manager = task_manager(LM_EVAL_FOLDERS.get(name))
+    if name not in manager.task_index:
+        manager = task_manager()
     if not data_files:
         return manager.load([name])["tasks"]
     missing = [p for p in data_files.values() if not Path(p).exists()]

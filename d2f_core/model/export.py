@@ -89,6 +89,8 @@ def export_model(src: str | Path, out: str | Path, fmt: str) -> Path:
                   "include_bias": False, "include_qkv_bias": False, "activation_type": "silu",
                   "layer_norm_type": "rms", "rope": True, **shape}
         weights = {f"{llada_name(k.rpartition('.')[0])}.{k.rpartition('.')[2]}": v for k, v in weights.items()}
+        # The chat template opens with bos_token; a vocabulary without a start token lends its pad token.
+        specials.setdefault("bos_token", specials.get("pad_token"))
         tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
                             "add_eos_token": False, "clean_up_tokenization_spaces": False,
                             "chat_template": LLADA_CHAT_TEMPLATE, **specials}

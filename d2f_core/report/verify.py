@@ -48,7 +48,7 @@ def verify_run(summary_csv: str, data_dir: str, tables_md: str, published: bool)
                                 f"({wrong if wrong is not True else 'no sandbox outcome'})")
     if published:
         text = Path(tables_md).read_text()
-        absent = [name for name in PUBLISHED.values() if f"| {name}" not in text]
+        absent = [name for name in PUBLISHED.values() if name not in text]
         if absent:
             problems.append(f"{tables_md}: no published column(s) {', '.join(absent)}")
     return problems

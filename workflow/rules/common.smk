@@ -140,7 +140,10 @@ def get_train_inputs(wildcards):
 
 def get_train_args(wildcards):
     spec = config["models"][wildcards.model]
-    args = [f"--family {spec['family']}", f"--gen-length {config['gen_length']}"]
+    args = [
+        f"--family {spec['family']}",
+        f"--gen-length {gen_length_of(config, wildcards.model)}",
+    ]
     if "init" in spec:
         args.append(f"--init {model_dir(spec['init'])}")
     if "arch" in spec:
@@ -184,7 +187,7 @@ def get_distill_args(wildcards):
     args = [
         f"--base {model_dir(spec['base'])}",
         f"--block-size {spec['block_size']}",
-        f"--gen-length {spec.get('gen_length', config['gen_length'])}",
+        f"--gen-length {spec.get('gen_length', gen_length_of(config, spec['base']))}",
     ]
     if "pairs" in spec:
         args.append(f"--pairs {spec['pairs']}")
