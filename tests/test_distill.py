@@ -4,6 +4,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from d2f_core.model.adapters import peft_wrapping
 from d2f_core.model.load import load_model
 from d2f_core.train import distill as D
 from d2f_core.train.pretrain import TrainConfig, encode_pairs
@@ -34,7 +35,8 @@ def test_noise_masks_answers_only_with_their_block_ratio(models, data_dir):
 
 def test_teacher_and_student_see_the_same_noised_input(model_dirs, data_dir, monkeypatch):
     base = AutoModelForCausalLM.from_pretrained(model_dirs["llada"])
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with peft_wrapping():
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     tok = load_model(model_dirs["llada"], device="cpu").tokenizer
     seen = []
     real = model.forward
@@ -63,7 +65,8 @@ def test_distillation_loss_decreases_and_adapter_round_trips(model_dirs, data_di
 
     ids = torch.arange(3, 20)[None]
     a = load_model(model_dirs["dream"], adapter=out, device="cpu")
-    b = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dirs["dream"]), out).eval()
+    with peft_wrapping():
+        b = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dirs["dream"]), out).eval()
     merged = load_model(model_dirs["dream"], adapter=out, merge=True, device="cpu")
     plain = load_model(model_dirs["dream"], device="cpu")
     with torch.no_grad():

@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
+from d2f_core.model.adapters import peft_wrapping
 from d2f_core.model.export import export_adapter, export_model
 from d2f_core.model.forward import hidden_states, lm_head
 from d2f_core.model.load import load_model
@@ -29,8 +30,9 @@ def adapters(model_dirs, tmp_path_factory):
     out = {}
     for family in ("llada", "dream"):
         lm = load_model(model_dirs[family], device="cpu")
-        peft_model = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj",
-                                                                                               "v_proj", "o_proj"]))
+        with peft_wrapping():
+            peft_model = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj",
+                                                                                                   "v_proj", "o_proj"]))
         torch.manual_seed(1)
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -50,20 +50,24 @@ def test_aup_reproduces_the_worked_example():
     assert aup([(1.0, 74.98), (2.88, 60.0)]) == pytest.approx(74.98), "a point 5 below the reference does not count"
 
 
-def _speed(path, ratio, half_width=0.02):
+def _speed(path, to_ar, to_vanilla, half_width=0.02):
+    dens = {"tiny-ar/tiny-gsm/ar/default": to_ar, "tiny-dream/tiny-gsm/vanilla/steps~32": to_vanilla}
     path.write_text(json.dumps({"benchmark": "tiny-gsm", "ratios": [
-        {"num": "tiny-dream-d2f/tiny-gsm/d2f/tau_add~0.1", "den": "tiny-dream/tiny-gsm/vanilla/steps~32",
-         "ratio": ratio, "ci": [ratio * (1 - half_width), ratio * (1 + half_width)]}]}))
+        {"num": "tiny-dream-d2f/tiny-gsm/d2f/tau_add~0.1", "den": den, "ratio": r,
+         "ci": [r * (1 - half_width), r * (1 + half_width)]} for den, r in dens.items()]}))
     return str(path)
 
 
-@pytest.mark.parametrize("now,verdict", [(10.0, 0), (9.3, 0), (8.3, 1)])
-def test_the_gate_uses_paired_ratios_with_a_ci_derived_limit(tmp_path, ref, now, verdict):  # noqa: F811
-    _speed(tmp_path / "ref.speed.json", 10.0)
-    now_file = _speed(tmp_path / "now.json", now)
-    # the per-cell TPS ratios are unchanged: only the paired one decides
+@pytest.mark.parametrize("to_ar,to_vanilla,verdict", [(2.0, 10.0, 0), (1.86, 9.3, 0), (1.66, 8.3, 1), (2.0, 5.0, 0)])
+def test_the_gate_uses_paired_ratios_to_ar_with_a_ci_derived_limit(tmp_path, ref, to_ar, to_vanilla, verdict,
+                                                                    capsys):  # noqa: F811
+    _speed(tmp_path / "ref.speed.json", 2.0, 10.0)
+    now_file = _speed(tmp_path / "now.json", to_ar, to_vanilla)
+    # the per-cell TPS ratios are unchanged: only the paired ones decide, and of those the ratio to AR
     assert run("--summary", summary(tmp_path / "now.csv"), "--reference", ref, "--speed", now_file,
                "--speed-tolerance", "0.10") == verdict
+    report = capsys.readouterr().out
+    assert "paired TPS / vanilla TPS" in report and "not gated" in report  # shown, with its change and CIs
 
 
 def test_aup_table_measures_parallelism_relative_to_the_one_token_per_step_cell():

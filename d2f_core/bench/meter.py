@@ -7,6 +7,7 @@ background thread and integrated. Mean and peak power always come from that samp
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -24,6 +25,22 @@ def timed(device: torch.device) -> float:
     """perf_counter after the device has finished all queued work."""
     sync(device)
     return time.perf_counter()
+
+
+def timed_generate(dec, device: torch.device, *args):
+    """(generation, seconds) of one `dec.generate(*args)` between two device synchronisations, with Python's cyclic
+    garbage collector paused as `timeit` pauses it: a full collection walks the ~460k objects torch and transformers
+    keep alive (0.1-0.3 s, five times a tiny model's whole generation) and lands in whichever call crosses its
+    threshold. Garbage made inside the call is collected after it, outside the timing."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = timed(device)
+        gen = dec.generate(*args)
+        return gen, timed(device) - t0
+    finally:
+        if paused:
+            gc.enable()
 
 
 class _PowerSampler(threading.Thread):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.io import atomic_write_json, rewrite_jsonl
-from d2f_core.bench.meter import timed
+from d2f_core.bench.meter import timed, timed_generate
 from d2f_core.bench.runner import longest_first, prompt_ids
 from d2f_core.bench.stats import RESAMPLES
 from d2f_core.decode.base import build_decoder
@@ -109,9 +109,7 @@ def run_paired(arms: list[Arm], ratios: list[tuple[str, str]], benchmark: str, d
             rng.shuffle(order)
             for position, cell in enumerate(order):
                 lm, dec, length = decoders[cell]
-                t0 = timed(lm.device)
-                gen = dec.generate(prompts[cell][i], length, bench.stops(row))
-                latency = timed(lm.device) - t0
+                gen, latency = timed_generate(dec, lm.device, prompts[cell][i], length, bench.stops(row))
                 records.append({"problem": row["id"], "round": r, "position": position, "cell": cell,
                                 "tokens": len(gen.tokens), "latency": latency, "forwards": gen.forwards})
     summary = summarize_paired(records, ratios, [arm.cell for arm in arms])

@@ -29,7 +29,7 @@ from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.gpu_slot import claim_gpu
 from d2f_core.bench.io import JsonlAppender, atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
-from d2f_core.bench.meter import Meter, timed
+from d2f_core.bench.meter import Meter, timed_generate
 from d2f_core.decode.base import build_decoder, check_params
 from d2f_core.model.load import LoadedModel, load_model
 from d2f_core.train.corpora import read_jsonl
@@ -234,9 +234,7 @@ def decode_one(dec, lm, sample_id, ids, max_new_tokens, stop, first: bool) -> di
     """Time one `generate` (device-synchronised) and count its tokens the ways DESIGN §5 defines."""
     sample = {"id": sample_id, "prompt_hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
     try:
-        t0 = timed(lm.device)
-        gen = dec.generate(ids, max_new_tokens, list(stop))
-        latency = timed(lm.device) - t0
+        gen, latency = timed_generate(dec, lm.device, ids, max_new_tokens, list(stop))
     except Exception as e:  # one problem's failure is an error row, not a crashed cell
         return {**sample, "output": "", "tokens": 0, "latency": None, "forwards": 0,
                 "error": f"{type(e).__name__}: {e}"}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from d2f_core.bench.environment import device_info, versions
-from d2f_core.bench.meter import Meter, timed
+from d2f_core.bench.meter import Meter, timed, timed_generate
 from d2f_core.decode.base import build_decoder
 from d2f_core.model.load import load_model
 
@@ -71,9 +71,8 @@ def _label(model: str, adapter: str | None, decoder: str, params: dict) -> str:
 def _generate_all(dec, lm, prompts: list[list[int]]) -> list[tuple[list[int], float]]:
     out = []
     for ids in prompts:
-        t0 = timed(lm.device)
-        gen = dec.generate(ids, NEW_TOKENS)
-        out.append((gen.tokens, timed(lm.device) - t0))
+        gen, seconds = timed_generate(dec, lm.device, ids, NEW_TOKENS)
+        out.append((gen.tokens, seconds))
     return out
 
 

@@ -6,8 +6,12 @@
 - Speed: absolute TPS is never compared across machines, only ratios: each D2F / Fast-dLLM cell's TPS over the
   vanilla cell's on the same base model and benchmark, and over the AR cell's. Where the run has paired speed files
   (`d2f speed`: the cells interleaved per problem, drift cancels), the gate uses those ratios: a drop beyond
-  max(`speed_tolerance`, the combined relative half-width of the two 95% CIs) is a regression. Without them it falls
-  back to the per-cell ratios and `speed_tolerance` alone.
+  max(`speed_tolerance`, the combined relative half-width of the two 95% CIs) of a ratio to AR is a regression.
+  Ratios to vanilla are shown with the same numbers but do not gate: vanilla recomputes the whole canvas every step
+  while AR, D2F and Fast-dLLM run small cached forwards, so how fast the two kinds run relative to each other is a
+  property of the machine that day. Same code, same models, 1 thread, quiet: Fast-dLLM / vanilla moved -7% to -13%
+  between two occasions on the CI VM (beyond the 10% limit) while every ratio to AR stayed within -6%. Without
+  paired files the gate falls back to the per-cell ratios and `speed_tolerance` alone.
 - A failed cell that was ok in the reference is a regression; missing and new cells are listed.
 Exit codes: 0 pass, 1 regression, 2 unusable input (named in the message).
 """
@@ -126,8 +130,8 @@ def paired_checks(now: dict, ref: dict, speed_tolerance: float) -> list[Check]:
         limit = max(speed_tolerance, spread)
         change = n["ratio"] / r["ratio"] - 1
         kind = "ar" if den.split("/")[2] == "ar" else "vanilla"
-        checks.append(Check(num, f"paired TPS / {kind} TPS", r["ratio"], n["ratio"],
-                            "REGRESSION" if change < -limit else "ok",
+        verdict = ("REGRESSION" if change < -limit else "ok") if kind == "ar" else "not gated"
+        checks.append(Check(num, f"paired TPS / {kind} TPS", r["ratio"], n["ratio"], verdict,
                             f"{change:+.1%}; now CI [{n['ci'][0]:.3f}, {n['ci'][1]:.3f}], reference CI "
                             f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]; limit -{limit:.1%}"))
     return checks

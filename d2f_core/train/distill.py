@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from d2f_core.model.adapters import peft_wrapping
 from d2f_core.model.load import default_device, load_model
 from d2f_core.model.masks import additive, block_ids
 from d2f_core.train.pretrain import TrainConfig, diffusion_batch, fit
@@ -80,8 +81,9 @@ def distill(base_dir: str, out_dir: str, groups: list, cfg: TrainConfig, lora: L
     lm = load_model(base_dir, dtype=torch.float32 if default_device().type == "cpu" else None)
     if lm.family not in ("llada", "dream"):
         raise ValueError(f"{base_dir} is a {lm.family} model; distillation needs a masked-diffusion teacher")
-    model = get_peft_model(lm.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                target_modules=list(lora.targets), task_type="CAUSAL_LM"))
+    with peft_wrapping():
+        model = get_peft_model(lm.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                    target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     rng = torch.Generator().manual_seed(cfg.seed)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_id
 
