@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker per core: OpenMP threads spin-waiting for a core the other
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # worker holds cost 10-20x (read when torch starts them)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from d2f_core.bench.benchmarks import BENCHMARKS, SYNTHETIC
 from d2f_core.bench.io import rewrite_jsonl

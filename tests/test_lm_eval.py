@@ -12,11 +12,17 @@ GSM8K = {"train": str(SHARED_DATA / "gsm8k_train.jsonl"), "test": str(SHARED_DAT
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "gsm8k_test.jsonl").exists(), reason="real data not available")
 
 
+@pytest.fixture(scope="module")
+def datasets_cache(tmp_path_factory):
+    """One datasets cache for the module: each test converting the same jsonl files to Arrow again cost seconds."""
+    return tmp_path_factory.mktemp("datasets")
+
+
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
+def offline(monkeypatch, datasets_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
 
 
 @needs_data

@@ -122,16 +122,22 @@ def _bwrap_command(scratch: str, uid: int | None) -> list[str]:
     return cmd
 
 
-def _processes_of(uid: int) -> int:
-    """Processes this uid owns now: RLIMIT_NPROC counts them all, so the program's allowance goes on top."""
-    n = 0
+def _pids_of(uid: int) -> list[int]:
+    """The processes this uid owns now."""
+    pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                n += entry.stat().st_uid == uid
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
             except OSError:
                 pass
-    return n
+    return pids
+
+
+def _processes_of(uid: int) -> int:
+    """RLIMIT_NPROC counts every process of the uid, so the program's allowance goes on top of these."""
+    return len(_pids_of(uid))
 
 
 def _restrict(limits: Limits, nproc: int):
@@ -146,18 +152,19 @@ def _restrict(limits: Limits, nproc: int):
     return apply
 
 
-def _command(mode: str, scratch: str, limits: Limits) -> tuple[list[str], dict, int]:
-    """The command line, its environment and its process allowance for `mode`."""
+def _command(mode: str, scratch: str, limits: Limits) -> tuple[list[str], dict, int, int | None]:
+    """The command line, its environment, its process allowance and the uid it runs as when it has its own."""
     exe, _ = _python()
     if mode == "rlimit":
-        return [exe, "-I", "-S", "program.py"], {"PATH": "/usr/bin:/bin"}, _processes_of(os.getuid()) + limits.processes
+        return ([exe, "-I", "-S", "program.py"], {"PATH": "/usr/bin:/bin"},
+                _processes_of(os.getuid()) + limits.processes, None)
     if mode != "bwrap":
         raise ValueError(f"unknown sandbox {mode!r}; valid: {', '.join(MODES)}")
     if os.geteuid() == 0:
         uid = 100_000 + secrets.randbelow(900_000)  # its own uid: nothing else counts against its process limit
         os.chown(scratch, uid, uid)
-        return _bwrap_command(scratch, uid), {}, limits.processes
-    return _bwrap_command(scratch, None), {}, _processes_of(os.getuid()) + limits.processes
+        return _bwrap_command(scratch, uid), {}, limits.processes, uid
+    return _bwrap_command(scratch, None), {}, _processes_of(os.getuid()) + limits.processes, None
 
 
 def _read_bounded(path: Path, n: int, tail: bool = False) -> str:
@@ -168,16 +175,26 @@ def _read_bounded(path: Path, n: int, tail: bool = False) -> str:
         return f.read(n).decode("utf-8", "replace")
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the sandbox's process group (bwrap, and through --die-with-parent its pid namespace)."""
+def _kill_tree(proc: subprocess.Popen, uid: int | None) -> None:
+    """SIGKILL the sandbox's process group (bwrap, and through --die-with-parent its pid namespace). The namespace
+    dies a moment after bwrap: a busy machine let a setsid grandchild run on after this returned. With its own uid,
+    every process of that uid is the program's, so they are killed here until none is left."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    deadline = time.monotonic() + KILL_MARGIN_S
     try:
         proc.wait(timeout=KILL_MARGIN_S)
     except subprocess.TimeoutExpired:
         pass
+    while uid is not None and (left := _pids_of(uid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.005)
 
 
 def run_untrusted(program: str, limits: Limits = Limits(), mode: str = "bwrap") -> Outcome:
@@ -190,7 +207,7 @@ def run_untrusted(program: str, limits: Limits = Limits(), mode: str = "bwrap") 
         scratch = os.path.join(work, "scratch")
         os.mkdir(scratch)
         Path(scratch, "program.py").write_text(source)
-        cmd, env, nproc = _command(mode, scratch, limits)
+        cmd, env, nproc, uid = _command(mode, scratch, limits)
         out, err = Path(work, "stdout"), Path(work, "stderr")
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
@@ -200,7 +217,7 @@ def run_untrusted(program: str, limits: Limits = Limits(), mode: str = "bwrap") 
                 timed_out = False
             except subprocess.TimeoutExpired:
                 timed_out = True
-            _kill_tree(proc)  # also when it ended: nothing it spawned outlives it
+            _kill_tree(proc, uid)  # also when it ended: nothing it spawned outlives it
         stdout_tail, stderr = _read_bounded(out, limits.output_bytes, tail=True), _read_bounded(err, limits.output_bytes)
     finally:
         _remove(work)
