@@ -39,13 +39,14 @@ def test_teacher_and_student_see_the_same_noised_input(model_dirs, data_dir, mon
         model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     tok = load_model(model_dirs["llada"], device="cpu").tokenizer
     seen = []
-    real = model.forward
+    inner = base.model  # the backbone both passes run (LoRA layers injected; disabled for the teacher)
+    real = inner.forward
 
     def spy(*args, **kwargs):
         seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(inner, "forward", spy)
     batch = encode_pairs(data_dir, {"tiny-gsm": 1}, tok)[0][:4]
     D.distill_loss(model, batch, tok.pad_token_id, tok.eos_token_id, tok.mask_token_id, 0, 48, 8)
     (teacher_ids, teacher_mask), (student_ids, student_mask) = seen

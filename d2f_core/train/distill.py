@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from d2f_core.model.adapters import peft_wrapping
 from d2f_core.model.load import default_device, load_model
 from d2f_core.model.masks import additive, block_ids
-from d2f_core.train.pretrain import TrainConfig, diffusion_batch, fit
+from d2f_core.train.pretrain import TrainConfig, diffusion_batch, fit, logits_at
 
 MAX_RATIO = 0.7  # the reference's cap on any block's mask ratio
 
@@ -63,14 +63,13 @@ def distill_loss(model, batch, pad_id: int, eos_id: int, mask_id: int, shift: in
                                               noise_batch(batch, pad_id, eos_id, mask_id, gen_length, block_size, rng))
     bidirectional = keys[:, None, :].expand(-1, ids.shape[1], -1)
     block_causal = (block[:, None, :] <= block[:, :, None]) & keys[:, None, :]
+    rows, cols = masked.nonzero(as_tuple=True)
     with torch.no_grad(), model.disable_adapter():
-        teacher = model(input_ids=noisy, attention_mask=additive(bidirectional, model.dtype)).logits
-    student = model(input_ids=noisy, attention_mask=additive(block_causal, model.dtype)).logits
-    if shift:  # Dream: position i is predicted from hidden state i-1, for both
-        teacher, student = (torch.cat([x[:, :1], x[:, :-1]], dim=1) for x in (teacher, student))
-    target = F.softmax(teacher[masked].float(), dim=-1)
-    ce = -(target * F.log_softmax(student[masked].float(), dim=-1)).sum(-1)
-    return (ce / ratio[masked]).mean()
+        teacher = logits_at(model, noisy, additive(bidirectional, model.dtype), rows, cols, shift)
+    student = logits_at(model, noisy, additive(block_causal, model.dtype), rows, cols, shift)
+    target = F.softmax(teacher.float(), dim=-1)
+    ce = -(target * F.log_softmax(student.float(), dim=-1)).sum(-1)
+    return (ce / ratio[rows, cols]).mean()
 
 
 def distill(base_dir: str, out_dir: str, groups: list, cfg: TrainConfig, lora: LoraSpec, gen_length: int,
