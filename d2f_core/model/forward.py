@@ -18,8 +18,9 @@ def backbone(model) -> torch.nn.Module:
 
 
 def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-    """input_ids [1, q] at positions start..start+q-1; attend bool [q, cached + q], or that mask already made
-    additive (`masks.additive`: a decoder that slices one mask every step converts it once); returns hidden [1, q, H].
+    """input_ids [B, q] at positions start..start+q-1 (B is 1 when decoding, the batch when training); attend bool
+    [q, cached + q] or [B, q, cached + q], or that mask already made additive (`masks.additive`: a decoder that slices
+    one mask every step converts it once); returns hidden [B, q, H].
 
     With a cache, the query's K/V are appended to it (even without use_cache; roll back with `cache.crop(-n)`).
     Cached keys carry their own positions (RoPE is applied before caching), so the cache need not be a prefix.
