@@ -199,6 +199,20 @@ def cmd_speed(a) -> None:
         print(f"{r['num']} / {r['den']}: {r['ratio']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
 
 
+def cmd_ab(a) -> None:
+    from d2f_core.bench.ab import ReferenceUnrunnable, run_ab
+    from d2f_core.bench.paired import load_arms
+
+    arms, _ = load_arms(a.group)
+    try:
+        s = run_ab(arms, a.benchmark, a.data, a.reference, a.out, a.limit, a.warmup, a.threads, a.sandbox)
+    except ReferenceUnrunnable as e:
+        raise SystemExit(f"error: the gate cannot run: {e}") from None
+    for cell, c in s["cells"].items():
+        print(f"{cell}: current/reference TPS {c['ratio']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}], forwards "
+              f"differ on {len(c['forwards_differ'])}, answers on {len(c['answers_differ'])} of {c['problems']}")
+
+
 def cmd_score(a) -> None:
     from d2f_core.bench.sandbox import SandboxUnavailable
     from d2f_core.bench.scoring import score_cell
@@ -251,7 +265,7 @@ def cmd_regress(a) -> None:
             update_reference(a.summary, a.reference, a.speed)
             print(f"reference updated: {a.reference}")
             return
-        code = regress(a.summary, a.reference, a.out, a.json, a.tolerance, a.speed_tolerance, a.speed)
+        code = regress(a.summary, a.reference, a.out, a.json, a.tolerance, a.speed_tolerance, a.speed, a.ab)
     except UnusableInput as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -392,6 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="results/{profile}/speed/{benchmark}.json")
     s.set_defaults(func=cmd_speed)
 
+    s = sub.add_parser("ab", help="the gate's A/B: the reference commit's decoders against this checkout's, on the "
+                                  "same models, interleaved per problem (current/reference TPS, forwards, answers)")
+    s.add_argument("--group", required=True, help="as for `d2f speed` (its ratios are ignored)")
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--reference", required=True, help="results/reference/{profile}.csv (its .meta.json names the "
+                                                      "commit)")
+    s.add_argument("--limit", type=positive_int)
+    s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--threads", type=positive_int, default=1, help="torch threads in each arm's process")
+    s.add_argument("--sandbox", choices=["bwrap", "rlimit"], default="bwrap",
+                   help="for scoring the answers that differ on a code benchmark")
+    s.add_argument("--out", required=True, help="results/{profile}/ab/{benchmark}.json")
+    s.set_defaults(func=cmd_ab)
+
     s = sub.add_parser("score", help="score a decoded cell (code runs in the sandbox) and write summary.json")
     s.add_argument("--cell", required=True)
     s.add_argument("--data", required=True)
@@ -435,10 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the comparison as Markdown (reports/{profile}/regression.md)")
     s.add_argument("--json", help="write github-action-benchmark custom JSON (reports/{profile}/benchmark.json)")
     s.add_argument("--tolerance", type=float, default=0.02, help="score drop always tolerated (absolute)")
-    s.add_argument("--speed-tolerance", type=float, default=0.25,
-                   help="tolerated drop of a TPS ratio (fraction); with --speed, the floor under the ratio CIs' spread")
-    s.add_argument("--speed", nargs="*", help="the run's paired speed files (results/{profile}/speed/*.json): the "
-                                              "gate then uses their ratios and the reference's {reference}.speed.json")
+    s.add_argument("--speed-tolerance", type=float, default=0.10,
+                   help="the floor under the A/B limit: current/reference TPS may drop by max(this, the CI's "
+                        "relative half-width)")
+    s.add_argument("--speed", nargs="*", help="the run's paired speed files (results/{profile}/speed/*.json): "
+                                              "their ratios to AR and vanilla are shown beside the reference's "
+                                              "{reference}.speed.json, not gated")
+    s.add_argument("--ab", nargs="*", help="the run's A/B files (results/{profile}/ab/*.json, `d2f ab`): speed, "
+                                           "forwards and answers against the reference commit's code; without "
+                                           "them speed is not gated")
     s.add_argument("--update", action="store_true", help="rewrite the reference from this run instead")
     s.set_defaults(func=cmd_regress)
 

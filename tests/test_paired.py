@@ -58,16 +58,17 @@ def _speed(path, to_ar, to_vanilla, half_width=0.02):
     return str(path)
 
 
-@pytest.mark.parametrize("to_ar,to_vanilla,verdict", [(2.0, 10.0, 0), (1.86, 9.3, 0), (1.66, 8.3, 1), (2.0, 5.0, 0)])
-def test_the_gate_uses_paired_ratios_to_ar_with_a_ci_derived_limit(tmp_path, ref, to_ar, to_vanilla, verdict,
-                                                                    capsys):  # noqa: F811
+@pytest.mark.parametrize("to_ar,to_vanilla", [(2.0, 10.0), (1.66, 8.3), (2.0, 5.0)])
+def test_paired_ratios_are_shown_beside_the_reference_not_gated(tmp_path, ref, to_ar, to_vanilla,
+                                                                 capsys):  # noqa: F811
+    """Ratios to AR and vanilla move with the CPU type: the A/B of the code gates speed, these are reported."""
     _speed(tmp_path / "ref.speed.json", 2.0, 10.0)
     now_file = _speed(tmp_path / "now.json", to_ar, to_vanilla)
-    # the per-cell TPS ratios are unchanged: only the paired ones decide, and of those the ratio to AR
-    assert run("--summary", summary(tmp_path / "now.csv"), "--reference", ref, "--speed", now_file,
-               "--speed-tolerance", "0.10") == verdict
+    assert run("--summary", summary(tmp_path / "now.csv"), "--reference", ref, "--speed", now_file) == 0
     report = capsys.readouterr().out
-    assert "paired TPS / vanilla TPS" in report and "not gated" in report  # shown, with its change and CIs
+    for kind in ("ar", "vanilla"):
+        line = next(x for x in report.splitlines() if f"paired TPS / {kind} TPS" in x)
+        assert "not gated" in line and "now CI" in line
 
 
 def test_aup_table_measures_parallelism_relative_to_the_one_token_per_step_cell():

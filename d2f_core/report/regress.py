@@ -1,18 +1,18 @@
-"""CI regression gate: compare a run's summary.csv with a committed reference, on score and on same-run speed ratios.
+"""CI regression gate: a run against the reference commit's code on this machine, and against stored scores.
 
-- Score: with per-problem results on both sides, a paired comparison fails when the drop exceeds
-  max(tolerance, 2 x paired standard error); otherwise, when the new score falls below the reference's bootstrap CI
-  by more than the tolerance.
-- Speed: absolute TPS is never compared across machines, only ratios: each D2F / Fast-dLLM cell's TPS over the
-  vanilla cell's on the same base model and benchmark, and over the AR cell's. Where the run has paired speed files
-  (`d2f speed`: the cells interleaved per problem, drift cancels), the gate uses those ratios: a drop beyond
-  max(`speed_tolerance`, the combined relative half-width of the two 95% CIs) of a ratio to AR is a regression.
-  Ratios to vanilla are shown with the same numbers but do not gate: vanilla recomputes the whole canvas every step
-  while AR, D2F and Fast-dLLM run small cached forwards, so how fast the two kinds run relative to each other is a
-  property of the machine that day. Same code, same models, 1 thread, quiet: Fast-dLLM / vanilla moved -7% to -13%
-  between two occasions on the CI VM (beyond the 10% limit) while every ratio to AR stayed within -6%. Without
-  paired files the gate falls back to the per-cell ratios and `speed_tolerance` alone.
-- A failed cell that was ok in the reference is a regression; missing and new cells are listed.
+- Speed and behaviour, code against code (`d2f ab`, `bench/ab.py`): the reference commit's decoders and this
+  checkout's decode the same trained models, interleaved per problem. Per cell, current / reference TPS with a
+  bootstrap CI fails when it drops beyond max(`speed_tolerance`, the CI's relative half-width); a different forward
+  count or answer on any problem fails (same models, deterministic decoding: a different algorithm), naming the cell,
+  the problems and the score change. Nothing machine-bound is stored, so the gate holds on any CPU.
+- Scores against the stored reference (`{reference}.csv` and `.samples.jsonl`): a paired comparison per cell fails
+  when the drop exceeds max(`score_tolerance`, 2 x paired standard error); this catches a change of the training
+  recipe, which the A/B (same models on both arms) cannot see. Models trained on another CPU type score differently,
+  so `score_tolerance` is set from the spread measured across CPU types (ci.yaml says how).
+- Ratios to AR and to vanilla (`d2f speed`'s paired files, or per-cell TPS) are shown beside the reference's, not
+  gated: how fast a one-token AR step runs against an 8-token block forward is a property of the CPU.
+- A reference cell missing from the run fails (named, with the ratios it anchors), as does an ok reference cell
+  missing from the A/B run or failed now; a NaN or infinite value fails with its cause; new cells are listed.
 Exit codes: 0 pass, 1 regression, 2 unusable input (named in the message).
 """
 
@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from d2f_core.bench.io import atomic_write_text, read_jsonl_tolerant
+from d2f_core.bench.ab import meta_path
+from d2f_core.bench.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from d2f_core.report.tables import reference_cells
 
 KEY = ["model", "benchmark", "decoder", "params"]
@@ -119,43 +121,117 @@ def load_paired(paths: list[str | Path]) -> dict[tuple[str, str], dict]:
     return out
 
 
-def paired_checks(now: dict, ref: dict, speed_tolerance: float) -> list[Check]:
+def paired_checks(now: dict, ref: dict) -> list[Check]:
+    """Ratios to AR and to vanilla, the run's paired files beside the reference's: shown, not gated."""
     checks = []
     for (num, den), r in sorted(ref.items()):
-        n = now.get((num, den))
+        n, what = now.get((num, den)), f"paired TPS / {den.split('/')[2]} TPS"
         if n is None:
-            checks.append(Check(num, f"paired TPS / {den.split('/')[2]}", r["ratio"], None, "missing"))
+            checks.append(Check(num, what, r["ratio"], None, "not gated", "not in this run's paired files"))
             continue
-        spread = math.hypot(*((x["ci"][1] - x["ci"][0]) / (2 * x["ratio"]) for x in (n, r)))
-        limit = max(speed_tolerance, spread)
-        change = n["ratio"] / r["ratio"] - 1
-        kind = "ar" if den.split("/")[2] == "ar" else "vanilla"
-        verdict = ("REGRESSION" if change < -limit else "ok") if kind == "ar" else "not gated"
-        checks.append(Check(num, f"paired TPS / {kind} TPS", r["ratio"], n["ratio"], verdict,
-                            f"{change:+.1%}; now CI [{n['ci'][0]:.3f}, {n['ci'][1]:.3f}], reference CI "
-                            f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]; limit -{limit:.1%}"))
+        checks.append(Check(num, what, r["ratio"], n["ratio"], "not gated",
+                            f"{n['ratio'] / r['ratio'] - 1:+.1%}; now CI [{n['ci'][0]:.3f}, {n['ci'][1]:.3f}], "
+                            f"reference CI [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] (another machine's)"))
     return checks
 
 
-def speed_ratios(df: pd.DataFrame) -> dict[tuple[str, str], float]:
-    """(cell, 'vanilla' | 'ar') -> this cell's TPS over its reference cell's TPS, measured in the same run."""
+def speed_ratios(df: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float]]:
+    """(cell, 'vanilla' | 'ar') -> (this cell's TPS, its reference cell's TPS), measured in the same run."""
     refs = reference_cells(df.reset_index(drop=True)).set_index(df.index)
     out = {}
     for cell, row in df[(df["status"] == "ok") & df["decoder"].isin(SPEED_DECODERS)].iterrows():
         for kind in ("vanilla", "ar"):
             pos = refs.at[cell, f"{kind}_ref"]
             if pos is not None and not (isinstance(pos, float) and math.isnan(pos)):
-                out[(cell, kind)] = row["tps"] / df.iloc[int(pos)]["tps"]
+                out[(cell, kind)] = (row["tps"], df.iloc[int(pos)]["tps"])
+    return out
+
+
+def ratio_checks(now: pd.DataFrame, ref: pd.DataFrame) -> list[Check]:
+    """Per-cell TPS ratios to AR and to vanilla (no paired files), beside the reference's: shown, not gated."""
+    now_ratio, ref_ratio = speed_ratios(now), speed_ratios(ref)
+    checks = []
+    for (cell, kind), (tps, base) in sorted(now_ratio.items()):
+        if (cell, kind) in ref_ratio:
+            ref_tps, ref_base = ref_ratio[(cell, kind)]
+            checks.append(Check(cell, f"TPS / {kind} TPS", divide(ref_tps, ref_base), divide(tps, base), "not gated",
+                                f"TPS {tps:.4g} / {base:.4g} (reference {ref_tps:.4g} / {ref_base:.4g})"))
+    return checks
+
+
+def divide(a: float, b: float) -> float:
+    return a / b if b else (math.nan if a == 0 else math.inf)
+
+
+def anchors(ref: pd.DataFrame, cell: str) -> list[str]:
+    """The speed ratios of the reference that divide by `cell` (an AR or vanilla cell)."""
+    refs = reference_cells(ref.reset_index(drop=True)).set_index(ref.index)
+    pos = ref.index.get_loc(cell)
+    return [f"{other} / {kind}" for other in ref.index for kind in ("vanilla", "ar")
+            if other != cell and ref.at[other, "decoder"] in SPEED_DECODERS and refs.at[other, f"{kind}_ref"] == pos]
+
+
+def ab_checks(ab: dict, ref: pd.DataFrame, now: pd.DataFrame, speed_tolerance: float) -> list[Check]:
+    """The A/B of each reference table cell: speed (current / reference code, CI-derived limit), forward counts and
+    answers (exact)."""
+    checks = [Check(cell, "A/B", None, None, "new", "not in the reference: its commit was not asked to run it")
+              for cell in ab["new"]]
+    table = ref["in_table"].astype(str) != "False" if "in_table" in ref else pd.Series(True, index=ref.index)
+    for cell in ref.index[(ref["status"] == "ok") & table]:
+        if cell not in now.index:
+            continue  # failed as missing from the run
+        a = ab["cells"].get(cell)
+        if a is None:
+            checks.append(Check(cell, "A/B", None, None, "REGRESSION",
+                                "not in the A/B run: the gate cannot compare its speed and behaviour"))
+            continue
+        half = (a["ci"][1] - a["ci"][0]) / (2 * a["ratio"]) if a["ratio"] else math.inf
+        limit, change = max(speed_tolerance, half), a["ratio"] - 1
+        checks.append(Check(cell, "A/B TPS current / reference code", 1.0, a["ratio"],
+                            "REGRESSION" if change < -limit else "ok",
+                            f"{change:+.1%}, CI [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}], limit -{limit:.1%}; TPS "
+                            f"{a['tps_current']:.4g} vs {a['tps_reference']:.4g} on {a['problems']} problems"))
+        fwd = a["forwards_differ"]
+        checks.append(Check(cell, "A/B forwards", None, None, "REGRESSION" if fwd else "ok",
+                            f"differ on {len(fwd)} of {a['problems']} problems, e.g. {fwd[0]['problem']}: "
+                            f"{fwd[0]['current']} now vs {fwd[0]['reference']} (a different algorithm)" if fwd
+                            else f"equal on all {a['problems']} problems"))
+        moved = a["answers_differ"]
+        checks.append(Check(cell, "A/B score", None, a["score_change"], "REGRESSION" if moved else "ok",
+                            f"{len(moved)} answers differ (e.g. {moved[0]}): score {a['score_change']:+.3f}, "
+                            f"{len(a['gained'])} gained, {len(a['lost'])} lost" if moved
+                            else f"every answer equal on {a['problems']} problems"))
+    return checks
+
+
+def load_ab(paths: list[str | Path], reference_csv: str | Path) -> dict:
+    """The A/B files of a run, checked to be against the reference's own commit (a stale file is unusable)."""
+    commit = json.loads(meta_path(reference_csv).read_text())["commit"] if meta_path(reference_csv).exists() else None
+    out = {"cells": {}, "new": []}
+    for path in map(Path, paths):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UnusableInput(f"{path}: not a readable A/B file ({e}); run `snakemake regress --cores all ...`")
+        if data["reference_commit"] != commit:
+            raise UnusableInput(f"{path}: an A/B against commit {data['reference_commit']}, but the reference is "
+                                f"{commit}; rerun it with `snakemake regress --cores all --forcerun ab ...`")
+        out["cells"].update(data["cells"])
+        out["new"] += data["new"]
     return out
 
 
 def compare(now: pd.DataFrame, ref: pd.DataFrame, now_samples: dict, ref_samples: dict, tolerance: float,
-            speed_tolerance: float, now_paired: dict | None = None, ref_paired: dict | None = None) -> list[Check]:
+            speed_tolerance: float, now_paired: dict | None = None, ref_paired: dict | None = None,
+            ab: dict | None = None) -> list[Check]:
     common = [c for c in ref.index if c in now.index]
     if not common:
         raise UnusableInput("no cell is in both the summary and the reference")
-    checks = [Check(c, "cell", None, None, "missing", "in the reference, not in this run")
-              for c in ref.index if c not in now.index]
+    checks = []
+    for c in ref.index.difference(now.index, sort=False):
+        anchored = anchors(ref, c)
+        checks.append(Check(c, "cell", None, None, "REGRESSION", "in the reference, not in this run"
+                            + (f"; it anchors {', '.join(anchored)}" if anchored else "")))
     checks += [Check(c, "cell", None, None, "new", "not in the reference") for c in now.index if c not in ref.index]
     for cell in common:
         r, n = ref.loc[cell], now.loc[cell]
@@ -167,16 +243,13 @@ def compare(now: pd.DataFrame, ref: pd.DataFrame, now_samples: dict, ref_samples
             checks.append(Check(cell, "status", None, None, "improved", "failed in the reference, ok now"))
             continue
         checks.append(score_check(cell, r, n, now_samples.get(cell), ref_samples.get(cell), tolerance))
-    if now_paired and ref_paired:
-        return checks + paired_checks(now_paired, ref_paired, speed_tolerance)
-    now_ratio, ref_ratio = speed_ratios(now), speed_ratios(ref)
-    for (cell, kind), value in sorted(now_ratio.items()):
-        if (cell, kind) not in ref_ratio:
-            continue
-        change = value / ref_ratio[(cell, kind)] - 1
-        verdict = "REGRESSION" if change < -speed_tolerance else "ok"
-        checks.append(Check(cell, f"TPS / {kind} TPS", ref_ratio[(cell, kind)], value, verdict,
-                            f"{change:+.1%} (limit -{speed_tolerance:.0%})"))
+    checks += ab_checks(ab, ref, now, speed_tolerance) if ab is not None else [
+        Check("(every cell)", "speed", None, None, "not gated", "no A/B run given (--ab): speed is not gated")]
+    checks += paired_checks(now_paired, ref_paired) if now_paired and ref_paired else ratio_checks(now, ref)
+    for c in checks:
+        bad = [v for v in (c.reference, c.now) if v is not None and not math.isfinite(v)]
+        if bad:
+            c.verdict, c.note = "REGRESSION", f"{bad[0]} is not a finite number: {c.note}"
     return checks
 
 
@@ -203,27 +276,37 @@ def render(checks: list[Check]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g", missingval="")
 
 
-def benchmark_json(checks: list[Check], now: pd.DataFrame) -> list[dict]:
-    """github-action-benchmark's custom format: one entry per score and per speed ratio."""
+def benchmark_json(checks: list[Check], now: pd.DataFrame) -> str:
+    """github-action-benchmark's custom format: one entry per score, A/B speed and ratio; strict JSON (a value that
+    is not a finite number is null, with the reason in `extra`)."""
     out = []
     for cell, row in now[now["status"] == "ok"].iterrows():
-        out.append({"name": f"{cell} score", "unit": "score", "value": float(row["score"]),
-                    "range": f"[{row['score_ci_lo']:.4f}, {row['score_ci_hi']:.4f}]"})
+        out.append(entry(f"{cell} score", "score", row["score"], f"[{row['score_ci_lo']:.4f}, {row['score_ci_hi']:.4f}]"))
     for c in checks:
-        if "TPS /" in c.what and c.now is not None:
-            out.append({"name": f"{c.cell} {c.what}", "unit": "x", "value": float(c.now),
-                        "extra": f"reference {c.reference:.4f}"})
-    return out
+        if "TPS" in c.what and c.now is not None:
+            out.append(entry(f"{c.cell} {c.what}", "x", c.now, None,
+                             c.note if c.what.startswith("A/B") else f"reference {c.reference}"))
+    return json.dumps(out, indent=2, allow_nan=False) + "\n"
+
+
+def entry(name: str, unit: str, value: float, range_: str | None, extra: str | None = None) -> dict:
+    e = {"name": name, "unit": unit, "value": float(value) if math.isfinite(value) else None}
+    if range_ and e["value"] is not None:
+        e["range"] = range_
+    if e["value"] is None:
+        extra = f"not a finite number ({value}); {extra or ''}".rstrip("; ")
+    return {**e, **({"extra": extra} if extra else {})}
 
 
 def regress(summary: str, reference: str, out_md: str | None = None, out_json: str | None = None,
-            tolerance: float = 0.02, speed_tolerance: float = 0.25, speed: list[str] | None = None) -> int:
+            tolerance: float = 0.02, speed_tolerance: float = 0.10, speed: list[str] | None = None,
+            ab: list[str] | None = None) -> int:
     now, ref = load_summary(summary), load_summary(reference)
     ref_speed = speed_path(reference)
     now_paired = load_paired(speed) if speed else None
     ref_paired = load_paired([ref_speed]) if speed and ref_speed.exists() else None
     checks = compare(now, ref, per_problem(now), load_reference_samples(reference), tolerance, speed_tolerance,
-                     now_paired, ref_paired)
+                     now_paired, ref_paired, load_ab(ab, reference) if ab else None)
     bad = [c for c in checks if c.verdict == "REGRESSION"]
     text = render(checks)
     verdict = f"{len(bad)} regression(s): " + ", ".join(sorted({c.cell for c in bad})) if bad else "no regression"
@@ -231,14 +314,15 @@ def regress(summary: str, reference: str, out_md: str | None = None, out_json: s
     if out_md:
         atomic_write_text(out_md, f"# Regression check\n\n{summary} against {reference}\n\n{text}\n\n**{verdict}**\n")
     if out_json:
-        atomic_write_text(out_json, json.dumps(benchmark_json(checks, now), indent=2) + "\n")
+        atomic_write_text(out_json, benchmark_json(checks, now))
     return 1 if bad else 0
 
 
 def update_reference(summary: str, reference: str, speed: list[str] | None = None) -> None:
-    """Make this run the reference: its summary.csv, per-problem results and paired speed (a deliberate, reviewed
-    commit)."""
+    """Make this run the reference: its summary.csv, per-problem results, paired speed and the commit whose decoders
+    made it, which the gate's A/B runs (a deliberate, reviewed commit)."""
     now = load_summary(summary)
+    commit = decoded_at(summary, now)
     if speed:
         load_paired(speed)  # readable
         groups = [json.loads(Path(p).read_text()) for p in speed]
@@ -249,3 +333,21 @@ def update_reference(summary: str, reference: str, speed: list[str] | None = Non
     rows = [{"cell": cell, "id": pid, "correct": c} for cell, probs in per_problem(now).items()
             for pid, c in probs.items()]
     atomic_write_text(samples_path(reference), "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_json(meta_path(reference), {"commit": commit, "hardware": str(now["hardware"].iloc[0]) if
+                                             "hardware" in now else None})
+
+
+def decoded_at(summary: str, now: pd.DataFrame) -> str:
+    """The one commit every cell was decoded at, whose decoders are still the ones in this checkout."""
+    commits = sorted({str(s) for s in now["git_sha"].dropna()}) if "git_sha" in now else []
+    if len(commits) != 1:
+        listed = ", ".join(commits) or "none recorded"
+        raise UnusableInput(f"{summary}: cells decoded at {len(commits)} commits ({listed}); a reference names the one commit whose decoders the gate reruns: rerun "
+                            f"the profile from one commit")
+    changed = subprocess.run(["git", "diff", "--name-only", commits[0], "--", "d2f_core", "baselines"],
+                             capture_output=True, text=True)
+    if changed.returncode or changed.stdout.strip():
+        raise UnusableInput(f"{summary}: decoded at {commits[0][:12]}, but the code here differs from it "
+                            f"({changed.stdout.split() or changed.stderr.strip()}): commit, rerun the profile, "
+                            f"then update the reference")
+    return commits[0]

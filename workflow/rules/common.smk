@@ -1,5 +1,7 @@
+import hashlib
 import json
 import re
+import subprocess
 
 from d2f_core.bench.benchmarks import SYNTHETIC, get_benchmark
 from d2f_core.bench.runner import parse_params
@@ -273,6 +275,29 @@ def get_speed_args(wildcards):
     if limits:
         args.append(f"--limit {min(limits)}")
     return " ".join(args)
+
+
+def get_ab_args(wildcards):
+    threads = config.get("speed", {}).get("threads") or workflow.cores
+    args = [
+        f"--warmup {config['warmup']}",
+        f"--threads {threads}",
+        f"--sandbox {config['sandbox']}",
+    ]
+    if config.get("limit"):
+        args.append(f"--limit {config['limit']}")
+    return " ".join(args)
+
+
+def code_state():
+    """HEAD and a hash of the uncommitted changes to the decoding code (a param: Snakemake reruns the A/B on a change)."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout
+    diff = git("diff", "HEAD", "--", "d2f_core", "baselines")
+    return f"{git('rev-parse', 'HEAD').strip()}+{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
+
+
+def ab_files():
+    return expand(f"results/{PROFILE}/ab/{{b}}.json", b=BENCHMARKS)
 
 
 def speed_files():

@@ -52,12 +52,14 @@ rule report:
         "--out $(dirname {output.table}) > {log} 2>&1"
 
 
-# The CI gate: `snakemake regress --cores all --configfile workflow/config/ci.yaml` (exit 1 on a regression).
+# The CI gate: `snakemake regress --cores all --configfile workflow/config/ci.yaml` (exit 1 on a regression): the
+# reference commit's code against this checkout's on this run's models (rule ab), and scores against the stored ones.
 rule regress:
     input:
         summary=f"results/{PROFILE}/summary.csv",
         reference=f"results/reference/{PROFILE}.csv",
         speed=speed_files(),
+        ab=ab_files(),
     output:
         md=f"{REPORTS}/regression.md",
         json=f"{REPORTS}/benchmark.json",
@@ -71,5 +73,5 @@ rule regress:
     shell:
         "d2f regress --summary {input.summary} --reference {input.reference} --out {output.md} "
         "--json {output.json} --tolerance {params.tolerance} --speed-tolerance {params.speed} "
-        "--speed {input.speed} > {log} 2>&1 "
+        "--speed {input.speed} --ab {input.ab} > {log} 2>&1 "
         "|| (cat {log}; exit 1)"
