@@ -7,7 +7,7 @@ ratio is TPS_a / TPS_b, each a ratio of sums over the problems, with a bootstrap
 (pairs stay together) and the per-problem median ratio. Timing is device-synchronised as in every cell.
 
 `D2F_INJECT_SLOWDOWN=decoder=fraction` (tests and the gate's sensitivity check only) makes every model forward of
-that decoder's arms sleep `fraction` of the forward's own time.
+that decoder's arms sleep `fraction` of the forward's own time (in `d2f ab`, the current code's arm only).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def paired_checks(now: dict, ref: dict) -> list[Check]:
             continue
         checks.append(Check(num, what, r["ratio"], n["ratio"], "not gated",
                             f"{n['ratio'] / r['ratio'] - 1:+.1%}; now CI [{n['ci'][0]:.3f}, {n['ci'][1]:.3f}], "
-                            f"reference CI [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] (another machine's)"))
+                            f"reference run's CI [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"))
     return checks
 
 
@@ -271,9 +271,12 @@ def score_check(cell: str, r, n, now_s: dict | None, ref_s: dict | None, toleran
 
 
 def render(checks: list[Check]) -> str:
-    rows = [{"cell": c.cell, "check": c.what, "reference": c.reference, "now": c.now, "verdict": c.verdict,
-             "note": c.note} for c in checks]
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g", missingval="")
+    def number(v):
+        return "" if v is None else f"{v:.4g}"
+
+    rows = [{"cell": c.cell, "check": c.what, "reference": number(c.reference), "now": number(c.now),
+             "verdict": c.verdict, "note": c.note} for c in checks]
+    return pd.DataFrame(rows).to_markdown(index=False, colalign=("left", "left", "right", "right", "left", "left"))
 
 
 def benchmark_json(checks: list[Check], now: pd.DataFrame) -> str:
