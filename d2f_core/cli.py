@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+
+from d2f_core.bench.io import DISK_FIXES, JobLocked
 
 
 def _kv(items: list[str] | None) -> dict[str, str]:
@@ -204,6 +207,7 @@ def cmd_ab(a) -> None:
     from d2f_core.bench.paired import load_arms
 
     arms, _ = load_arms(a.group)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # Snakemake's cancel: remove the worktree on the way out
     try:
         s = run_ab(arms, a.benchmark, a.data, a.reference, a.out, a.limit, a.warmup, a.threads, a.sandbox)
     except ReferenceUnrunnable as e:
@@ -506,6 +510,14 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ValueError, FileNotFoundError, UnicodeError) as e:
         raise SystemExit(f"error: {e}") from None
+    except JobLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # a full, read-only or forbidden results disk: one line, the path and the fix
+        if e.errno not in DISK_FIXES:
+            raise
+        print(f"error: {e.filename}: {e.strerror}; {DISK_FIXES[e.errno]}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

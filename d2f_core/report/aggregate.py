@@ -13,7 +13,8 @@ LIST_COLUMNS = ("score_ci", "tps_ci", "score_flexible_ci")
 
 
 def flatten(summary: dict) -> dict:
-    row = {k: v for k, v in summary.items() if k not in ("device", "versions", "params", *LIST_COLUMNS)}
+    row = {k: v for k, v in summary.items()
+           if k not in ("device", "versions", "params", "sandbox_limits", *LIST_COLUMNS)}
     row["params"] = ",".join(f"{k}~{v}" for k, v in sorted(summary["params"].items())) or "default"
     for key in LIST_COLUMNS:
         lo, hi = summary.get(key) or (None, None)
