@@ -28,7 +28,8 @@ from tqdm import tqdm
 from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.gpu_slot import claim_gpu
-from d2f_core.bench.io import DISK_FIXES, JsonlAppender, atomic_write_json, exclusive, read_jsonl_tolerant, rewrite_jsonl
+from d2f_core.bench.io import (DISK_FIXES, JsonlAppender, atomic_write_json, exclusive, read_jsonl_tolerant,
+                               rewrite_jsonl)
 from d2f_core.bench.meter import Meter, timed_generate
 from d2f_core.decode.base import build_decoder, check_params
 from d2f_core.model.load import LoadedModel, load_model

@@ -120,7 +120,8 @@ def _bwrap_command(program: str, uid: int | None, limits: Limits) -> list[str]:
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", *_bind_args(paths),
            "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(limits.tmp_mb * mb), "--tmpfs", "/tmp",
            "--perms", "1777", "--size", str(limits.scratch_mb * mb), "--tmpfs", SANDBOX_CWD,
-           "--ro-bind", program, f"{SANDBOX_CWD}/program.py", "--chdir", SANDBOX_CWD, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", SANDBOX_CWD]
+           "--ro-bind", program, f"{SANDBOX_CWD}/program.py", "--chdir", SANDBOX_CWD,
+           "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", SANDBOX_CWD]
     if uid is None:  # an ordinary user: a user namespace gives the mounts; it maps to this user, capability-free
         cmd += ["--unshare-user", "--cap-drop", "ALL", exe, "-I", "-S", "program.py"]
     else:  # root: drop to the program's own uid inside, losing every capability with it
@@ -172,7 +173,8 @@ def _command(mode: str, scratch: str, limits: Limits) -> tuple[list[str], dict, 
     if os.geteuid() == 0:
         uid = 100_000 + secrets.randbelow(900_000)  # its own uid: nothing else counts against its process limit
         return _bwrap_command(f"{scratch}/program.py", uid, limits), {}, limits.processes, uid
-    return _bwrap_command(f"{scratch}/program.py", None, limits), {}, _processes_of(os.getuid()) + limits.processes, None
+    nproc = _processes_of(os.getuid()) + limits.processes
+    return _bwrap_command(f"{scratch}/program.py", None, limits), {}, nproc, None
 
 
 def _read_bounded(path: Path, n: int, tail: bool = False) -> str:

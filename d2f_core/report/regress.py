@@ -284,7 +284,8 @@ def benchmark_json(checks: list[Check], now: pd.DataFrame) -> str:
     is not a finite number is null, with the reason in `extra`)."""
     out = []
     for cell, row in now[now["status"] == "ok"].iterrows():
-        out.append(entry(f"{cell} score", "score", row["score"], f"[{row['score_ci_lo']:.4f}, {row['score_ci_hi']:.4f}]"))
+        ci = f"[{row['score_ci_lo']:.4f}, {row['score_ci_hi']:.4f}]"
+        out.append(entry(f"{cell} score", "score", row["score"], ci))
     for c in checks:
         if "TPS" in c.what and c.now is not None:
             out.append(entry(f"{c.cell} {c.what}", "x", c.now, None,
@@ -345,8 +346,8 @@ def decoded_at(summary: str, now: pd.DataFrame) -> str:
     commits = sorted({str(s) for s in now["git_sha"].dropna()}) if "git_sha" in now else []
     if len(commits) != 1:
         listed = ", ".join(commits) or "none recorded"
-        raise UnusableInput(f"{summary}: cells decoded at {len(commits)} commits ({listed}); a reference names the one commit whose decoders the gate reruns: rerun "
-                            f"the profile from one commit")
+        raise UnusableInput(f"{summary}: cells decoded at {len(commits)} commits ({listed}); a reference names the "
+                            f"one commit whose decoders the gate reruns: rerun the profile from one commit")
     changed = subprocess.run(["git", "diff", "--name-only", commits[0], "--", "d2f_core", "baselines"],
                              capture_output=True, text=True)
     if changed.returncode or changed.stdout.strip():
