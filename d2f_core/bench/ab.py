@@ -67,7 +67,8 @@ def reference_commit(reference_csv: str | Path) -> str:
                                   f"{regenerate_hint(reference_csv)}") from None
 
 
-def reference_cells(reference_csv: str | Path, benchmark: str) -> set[str]:
+def reference_keys(reference_csv: str | Path, benchmark: str) -> set[str]:
+    """The cell keys (model/benchmark/decoder/params) the reference holds for `benchmark`."""
     df = pd.read_csv(reference_csv, dtype=str)
     df = df[df["benchmark"] == benchmark]
     return set(df[["model", "benchmark", "decoder", "params"]].agg("/".join, axis=1))
@@ -140,7 +141,7 @@ def run_ab(arms: list[Arm], benchmark: str, data_dir: str, reference_csv: str, o
     """Both arms on every problem, interleaved; write `out` (per-cell verdict material) and `out` .jsonl. The
     reference arm decodes with `repo` at the reference commit, the current arm with this checkout."""
     commit = reference_commit(reference_csv)
-    known = reference_cells(reference_csv, benchmark)
+    known = reference_keys(reference_csv, benchmark)
     new = [a.cell for a in arms if a.cell not in known]  # the reference commit may not know them: reported only
     arms = [a for a in arms if a.cell in known]
     bench = get_benchmark(benchmark)
@@ -185,10 +186,10 @@ def summarize_ab(records: list[dict], rows: list[dict], bench, sandbox: str) -> 
     for rec in records:
         by.setdefault(rec["cell"], {}).setdefault(rec["side"], {})[rec["problem"]] = rec
     row_of = {row["id"]: row for row in rows}
+    problems = list(row_of)
     out = {}
     for cell, sides in by.items():
         cur, ref = sides["current"], sides["reference"]
-        problems = [row["id"] for row in rows]
         stats = ratio_stats([(cur[p]["tokens"], cur[p]["latency"]) for p in problems],
                             [(ref[p]["tokens"], ref[p]["latency"]) for p in problems])
         forwards = [{"problem": p, "current": cur[p]["forwards"], "reference": ref[p]["forwards"]}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from d2f_core.bench.ab import meta_path
+from d2f_core.bench.ab import ReferenceUnrunnable, meta_path, reference_commit
 from d2f_core.bench.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from d2f_core.report.tables import reference_cells
 
@@ -206,7 +206,10 @@ def ab_checks(ab: dict, ref: pd.DataFrame, now: pd.DataFrame, speed_tolerance: f
 
 def load_ab(paths: list[str | Path], reference_csv: str | Path) -> dict:
     """The A/B files of a run, checked to be against the reference's own commit (a stale file is unusable)."""
-    commit = json.loads(meta_path(reference_csv).read_text())["commit"] if meta_path(reference_csv).exists() else None
+    try:
+        commit = reference_commit(reference_csv)
+    except ReferenceUnrunnable as e:
+        raise UnusableInput(str(e)) from None
     out = {"cells": {}, "new": []}
     for path in map(Path, paths):
         try:
