@@ -13,6 +13,9 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.primitives import pad_token, right_padded
+from d2f_core.model.forward import backbone, lm_head
+from d2f_core.model.masks import additive
 
 
 STOP_WINDOW = 16  # tokens decoded to look for a stop string: enough for any stop string, O(1) per step
@@ -33,34 +36,73 @@ class ARDecoder(Decoder):
             raise ValueError(f"decoder 'ar' needs an autoregressive model; {self.lm.path} is a {self.lm.family} model")
         if self.p.compile and self.p.cache != "static":
             raise ValueError("ar.compile needs ar.cache: static (compiled steps need fixed cache shapes)")
-        self._static, self._static_len, self._step = None, 0, self.lm.model
+        self._static, self._static_len, self._static_rows = None, 0, 0
+        self._step = backbone(self.lm.model).model
+        self.mask_dtype, self.pad = backbone(self.lm.model).dtype, pad_token(self.lm)
 
-    def _cache(self, length: int):
+    def _cache(self, rows: int, length: int):
         if self.p.cache == "dynamic":
             return DynamicCache(config=self.lm.model.config)
-        if self._static_len < length:  # grows rarely; a new shape recompiles
+        if self._static_len < length or self._static_rows != rows:  # rare; a new shape recompiles
             self._static = StaticCache(config=self.lm.model.config, max_cache_len=length)
-            self._static_len = length
+            self._static_len, self._static_rows = length, rows
             if self.p.compile:
-                self._step = torch.compile(self.lm.model, mode="reduce-overhead", fullgraph=True)
+                self._step = torch.compile(backbone(self.lm.model).model, mode="reduce-overhead", fullgraph=True)
         self._static.reset()
         return self._static
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
-        model, tok = self.lm.model, self.lm.tokenizer
-        cache = self._cache(len(prompt_ids) + max_new_tokens)
-        ids = torch.tensor([prompt_ids], device=self.lm.device)  # prefill: [1, P]
-        out: list[int] = []
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                       stops: list[list[str]] | None = None) -> list[Generation]:
+        """Greedy per row. The prefill holds every prompt right-padded to the longest (row r's prompt in slots
+        0..P_r-1, its pad slots never attended) and each step appends one slot per row, so after the prefill the
+        rows' slots are uniform and only the prefill's holes are masked (`kv_valid`); position ids are each row's
+        own (P_r + step), never the slot. A row is final at EOS, a stop string or the length cap: with the dynamic
+        cache it leaves the batch (cache rows too) and costs nothing after; the static cache keeps its shapes (for
+        the compiled step), so a final row stays in the batch, fed a pad, its output ignored."""
+        lm, tok, n = self.lm, self.lm.tokenizer, len(prompts)
+        stops, body = stops or [()] * n, backbone(lm.model).model
+        ids, valid = right_padded(prompts, pad_token(lm), lm.device)  # prefill: [n, width]
+        width, static = ids.shape[1], self.p.cache == "static"
+        cache = self._cache(n, width + max_new_tokens)
+        slots = self._static_len if static else width + max_new_tokens  # a static cache's mask covers all of it
+        kv_valid = torch.cat([valid, valid.new_zeros(n, slots - width)], -1)
+        positions = torch.arange(width, device=lm.device).expand(n, -1).masked_fill(~valid, 0)
+        last = torch.tensor([len(q) - 1 for q in prompts], device=lm.device)  # each row's prediction column
+        batch, outs, done = list(range(n)), [[] for _ in range(n)], [None] * n
         for step in range(max_new_tokens):
-            forward = model if step == 0 else self._step  # the prefill's shape varies: never compiled
-            start = len(prompt_ids) + step - 1 if step else 0
-            logits = forward(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1,
-                             cache_position=torch.arange(start, start + ids.shape[1], device=ids.device)).logits
-            out.append(int(logits[0, -1].argmax()))
-            if out[-1] == self.lm.eos_id or (stop and any(s in tok.decode(out[-STOP_WINDOW:]) for s in stop)):
+            slot = 0 if step == 0 else width + step - 1  # the query's first physical slot
+            keys = kv_valid if static else kv_valid[:, :slot + ids.shape[1]]
+            attend = additive(causal_in(keys, slot, ids.shape[1]), self.mask_dtype)
+            forward = body if step == 0 else self._step  # the prefill's shape varies: never compiled
+            hidden = forward(input_ids=ids, attention_mask=attend, position_ids=positions, cache=cache,
+                             use_cache=True).last_hidden_state
+            tokens = lm_head(lm.model, hidden[torch.arange(len(batch), device=lm.device), last]).argmax(-1).tolist()
+            for r, token in zip(batch, tokens):
+                if done[r] is None:
+                    outs[r].append(token)
+                    window = tok.decode(outs[r][-STOP_WINDOW:]) if stops[r] else ""
+                    if token == lm.eos_id or any(s in window for s in stops[r]) or step == max_new_tokens - 1:
+                        k = len(outs[r])
+                        done[r] = self.finish(outs[r], stops[r], k, len(prompts[r]) + k - 1,
+                                              [(i, i, 0) for i in range(k)], step + 1)
+            if all(done[r] is not None for r in batch):
                 break
-            ids = ids.new_tensor([[out[-1]]])  # decode step: [1, 1]
-        forwards = len(out)
-        trace = [(i, i, 0) for i in range(len(out))]
-        return self.finish(out, stop, forwards, len(prompt_ids) + forwards - 1, trace)
+            if not static:  # final rows leave the batch
+                keep = [k for k, r in enumerate(batch) if done[r] is None]
+                index = torch.tensor(keep, device=lm.device)
+                cache.batch_select_indices(index)
+                batch, kv_valid = [batch[k] for k in keep], kv_valid[index]
+            kv_valid[:, width + step] = True
+            ids = torch.tensor([[outs[r][-1] if done[r] is None else self.pad] for r in batch], device=lm.device)
+            positions = torch.tensor([[len(prompts[r]) + step] for r in batch], device=lm.device)
+            last = torch.zeros(len(batch), dtype=torch.long, device=lm.device)
+        return done
+
+
+def causal_in(kv_valid: torch.Tensor, slot: int, q: int) -> torch.Tensor:
+    """bool [B, q, K] for a query in physical slots slot..slot+q-1: each sees the valid slots up to its own, and its
+    own slot even when that is a pad (an all-blocked row is NaN under SDPA)."""
+    key = torch.arange(kv_valid.shape[1], device=kv_valid.device)[None, :]
+    query = torch.arange(slot, slot + q, device=kv_valid.device)[:, None]
+    return (key <= query) & kv_valid[:, None, :] | (key == query)

@@ -25,9 +25,9 @@ from transformers import DynamicCache
 
 from d2f_core.decode.base import Decoder, Generation, param, register_decoder
 from d2f_core.decode.primitives import (check_blocks, check_diffusion_model, commit_factor, commit_threshold,
-                                        probabilities, softmax_dtype)
-from d2f_core.model.forward import hidden_states, lm_head
-from d2f_core.model.masks import bidirectional
+                                        left_padded, pad_token, probabilities, softmax_dtype, with_own_slot)
+from d2f_core.model.forward import backbone, hidden_states, lm_head
+from d2f_core.model.masks import additive
 
 CACHES, RULES = ("none", "prefix", "dual"), ("threshold", "factor")
 
@@ -56,64 +56,110 @@ class FastDLLMDecoder(Decoder):
     def check(self) -> None:
         check_diffusion_model(self)
         self.dtype = softmax_dtype("fast_dllm", self.lm.family)
+        self.mask_dtype = backbone(self.lm.model).dtype
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                       stops: list[list[str]] | None = None) -> list[Generation]:
+        """Lockstep per block, exact per row. Prompts are left-padded (pad id neither EOS nor the mask, pad keys never
+        attended, per-row position ids counting real tokens), so every row's block is the same column slice and the
+        rows share each refresh and each cached forward. A row takes part in (and counts) exactly the forwards it runs
+        alone; a row whose block is done waits, frozen, while the others finish theirs: it costs its share of those
+        forwards and commits nothing. A row is final when its last block is."""
         lm, p = self.lm, self.p
         n_blocks = check_blocks(max_new_tokens, p.block_size)
-        P, B, total = len(prompt_ids), p.block_size, len(prompt_ids) + max_new_tokens
-        x = torch.tensor(prompt_ids + [lm.mask_id] * max_new_tokens, device=lm.device)
-        self.forwards, self.positions, self.trace = 0, 0, []
+        L, B, n = max_new_tokens, p.block_size, len(prompts)
+        x, valid, positions = left_padded(prompts, pad_token(lm), [lm.mask_id] * L, lm.device)
+        total = x.shape[1]
+        P = total - L  # the padded prompt width: the canvas starts here in every row
+        full = additive(with_own_slot(valid[:, None, :].expand(-1, total, -1)), self.mask_dtype)
+        self.run = Run(n, [len(q) + L for q in prompts])
+        done: list[Generation | None] = [None] * n
         for b in range(n_blocks):
             lo, hi = P + b * B, P + (b + 1) * B
+            last = b == n_blocks - 1
             if p.cache == "none":  # Fast-dLLM's `generate`: a full forward per step until the block is done
-                while self.masked(x, lo, hi).numel():
-                    self.commit(x, lo, hi, self.refresh(x, lo, hi, total)[1], 0, P, b)
+                live = self.masked_rows(x, lo, hi)
+                while live.any():
+                    hidden = self.refresh(x, full, positions, live, lo, hi)[1]
+                    live = self.commit(x, lo, hi, hidden, 0, b, live)
+                    self.finish_rows(done, last, live, x, P, stops)
                 continue
-            cache, src = self.refresh(x, lo, hi, total)
-            self.commit(x, lo, hi, src, 0, P, b, first_only=lm.family == "dream")
-            carry = src[lo - 1]  # predicts position lo when logits are shifted (Dream)
-            while True:  # the official loop: a cached forward first, then the test
-                if p.skip_done and not self.masked(x, lo, hi).numel():
-                    break
+            everyone = torch.ones(n, dtype=torch.bool, device=x.device)
+            cache, src = self.refresh(x, full, positions, everyone, lo, hi)
+            self.commit(x, lo, hi, src, 0, b, everyone, first_only=lm.family == "dream")
+            carry = src[:, lo - 1: lo]  # predicts position lo when logits are shifted (Dream)
+            live = self.masked_rows(x, lo, hi) if p.skip_done else everyone  # the official loop: a cached forward
+            while live.any():  # first, then the test
                 end = total if p.cache == "prefix" else hi
-                hidden = hidden_states(lm.model, x[None, lo:end],
-                                       bidirectional(end - lo, cache.get_seq_length() + end - lo), cache, start=lo)[0]
+                keys = torch.ones(n, cache.get_seq_length() + end - lo, dtype=torch.bool, device=x.device)
+                keys[:, :lo] = valid[:, :lo]  # the prompt's pads; everything from the canvas on is real
+                hidden = hidden_states(lm.model, x[:, lo:end], additive(keys[:, None, :].expand(-1, end - lo, -1),
+                                       self.mask_dtype), cache, positions=positions[:, lo:end])
                 cache.crop(lo - end)  # the query's K/V are not kept: the cache stays as refreshed
-                self.forwards, self.positions = self.forwards + 1, self.positions + end - lo
-                self.commit(x, lo, hi, torch.cat([carry[None], hidden]), lo - 1, P, b)
-                if not self.masked(x, lo, hi).numel():
-                    break
-        return self.finish(x[P:].tolist(), stop, self.forwards, self.positions, self.trace)
+                self.run.forward(live, end - lo)
+                live = self.commit(x, lo, hi, torch.cat([carry, hidden], 1), lo - 1, b, live)
+                self.finish_rows(done, last, live, x, P, stops)
+        self.finish_rows(done, True, torch.zeros_like(valid[:, 0]), x, P, stops)  # rows the loop never ran for
+        return done
 
-    def masked(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return (x[lo:hi] == self.lm.mask_id).nonzero().flatten()
+    def masked_rows(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return (x[:, lo:hi] == self.lm.mask_id).any(-1)
 
-    def refresh(self, x: torch.Tensor, lo: int, hi: int, total: int):
+    def refresh(self, x: torch.Tensor, full: torch.Tensor, positions: torch.Tensor, live: torch.Tensor, lo: int,
+                hi: int):
         """A full forward over the canvas; keeps the K/V the cache mode reuses. Returns (cache, hidden)."""
         cache = DynamicCache(config=self.lm.model.config) if self.p.cache != "none" else None
-        hidden = hidden_states(self.lm.model, x[None], bidirectional(total), cache)[0]
+        hidden = hidden_states(self.lm.model, x, full, cache, positions=positions)
         if self.p.cache == "prefix":
-            cache.crop(lo - total)
+            cache.crop(lo - x.shape[1])
         elif self.p.cache == "dual":
             keep_positions(cache, lo, hi)
-        self.forwards, self.positions = self.forwards + 1, self.positions + total
+        self.run.forward(live)
         return cache, hidden
 
-    def commit(self, x, lo: int, hi: int, src: torch.Tensor, first: int, P: int, b: int,
-               first_only: bool = False) -> None:
-        """Commit block [lo, hi)'s chosen masked positions from `src` (row 0 is position `first`); `first_only`: the
-        Dream refresh, which commits the block's first position whatever its confidence."""
-        masked = self.masked(x, lo, hi)
-        if not len(masked):  # the forward after a completed block commits nothing
-            return
-        conf, x0 = probabilities(lm_head(self.lm.model, src[lo + masked - self.lm.shift - first]),
-                                 self.dtype).max(dim=-1)
+    def commit(self, x, lo: int, hi: int, src: torch.Tensor, first: int, b: int, live: torch.Tensor,
+               first_only: bool = False) -> torch.Tensor:
+        """Commit, in each live row, block [lo, hi)'s chosen masked positions from `src` (column 0 is position
+        `first`); `first_only`: the Dream refresh, which commits the block's first position whatever its
+        confidence. Returns the rows whose block still has masks."""
+        block = x[:, lo:hi]
+        masked = (block == self.lm.mask_id) & live[:, None]
+        shifted = lo - self.lm.shift - first
+        conf, x0 = probabilities(lm_head(self.lm.model, src[:, shifted: shifted + hi - lo]), self.dtype).max(-1)
+        conf = conf.masked_fill(~masked, -torch.inf)
         if first_only:
-            pick = torch.zeros(1, dtype=torch.long, device=x.device)
+            pick = torch.zeros_like(masked)
+            pick[:, 0] = masked[:, 0]
         elif self.p.rule == "threshold":
             pick = commit_threshold(conf, self.p.threshold)
         else:
             pick = commit_factor(conf, self.p.factor)
-        x[lo + masked[pick]] = x0[pick]
-        self.trace += [(self.forwards - 1, int(i) - P, b) for i in (lo + masked[pick]).tolist()]
+        block[pick] = x0[pick]
+        for r, i in pick.nonzero().tolist():
+            self.run.trace[r].append((self.run.forwards[r] - 1, b * (hi - lo) + i, b))
+        return (block == self.lm.mask_id).any(-1) & live
+
+    def finish_rows(self, done: list, last: bool, live: torch.Tensor, x: torch.Tensor, P: int, stops) -> None:
+        """Rows of the last block that left the loop are final: their Generations, stamped now."""
+        if not last:
+            return
+        for r in (~live).nonzero().flatten().tolist():
+            if done[r] is None:
+                done[r] = self.finish(x[r, P:].tolist(), (stops or [()] * len(done))[r], self.run.forwards[r],
+                                      self.run.positions[r], self.run.trace[r], self.run.batch_forwards)
+
+
+class Run:
+    """Per-row counts of one batch: the forwards each row took part in, the query positions it sent, its commits."""
+
+    def __init__(self, n: int, lengths: list[int]):
+        self.lengths, self.batch_forwards = lengths, 0
+        self.forwards, self.positions, self.trace = [0] * n, [0] * n, [[] for _ in range(n)]
+
+    def forward(self, live: torch.Tensor, query: int | None = None) -> None:
+        """One batch forward: each live row counts it, with `query` positions (None: its whole unpadded canvas)."""
+        self.batch_forwards += 1
+        for r in live.nonzero().flatten().tolist():
+            self.forwards[r] += 1
+            self.positions[r] += self.lengths[r] if query is None else query

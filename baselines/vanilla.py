@@ -14,9 +14,9 @@ import torch
 
 from d2f_core.decode.base import Decoder, Generation, param, register_decoder
 from d2f_core.decode.primitives import (CONFIDENCES, check_blocks, check_diffusion_model, greedy_with_confidence,
-                                        softmax_dtype, transfer_schedule)
-from d2f_core.model.forward import hidden_states, lm_head
-from d2f_core.model.masks import bidirectional
+                                        left_padded, pad_token, softmax_dtype, transfer_schedule, with_own_slot)
+from d2f_core.model.forward import backbone, hidden_states, lm_head
+from d2f_core.model.masks import additive
 
 
 @dataclass(frozen=True)
@@ -43,25 +43,33 @@ class VanillaDecoder(Decoder):
         self.dtype = softmax_dtype("vanilla", self.lm.family)
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                       stops: list[list[str]] | None = None) -> list[Generation]:
+        """Lockstep, exact per row: the prompts are left-padded (a pad id that is neither EOS nor the mask, pad keys
+        never attended, per-row position ids counting real tokens only), so every canvas sits in the same columns and
+        every row commits its own top-k of the block at the same step. There is no early exit at batch 1 either, so
+        a row is final at the last step with the others: nothing is spent on finished rows."""
         lm, p = self.lm, self.p
         n_blocks = check_blocks(max_new_tokens, p.block_size)
         p.check_length(max_new_tokens)
         steps = p.steps or max_new_tokens
-        P, L, B = len(prompt_ids), max_new_tokens, p.block_size
-        x = torch.tensor(prompt_ids + [lm.mask_id] * L, device=lm.device)
-        attend = bidirectional(P + L)
-        rng = torch.Generator().manual_seed(p.seed)
-        trace, step = [], 0
+        L, B = max_new_tokens, p.block_size
+        x, valid, positions = left_padded(prompts, pad_token(lm), [lm.mask_id] * L, lm.device)
+        P = x.shape[1] - L  # the padded prompt width: the canvas starts here in every row
+        attend = additive(with_own_slot(valid[:, None, :].expand(-1, P + L, -1)), backbone(lm.model).dtype)
+        rngs = [torch.Generator().manual_seed(p.seed) for _ in prompts]
+        traces, step = [[] for _ in prompts], 0
         for b in range(n_blocks):
             lo, hi = P + b * B, P + (b + 1) * B
             for k in transfer_schedule(B, steps // n_blocks):
-                hidden = hidden_states(lm.model, x[None], attend)  # [1, P + L, H]
-                logits = lm_head(lm.model, hidden[0, lo - lm.shift: hi - lm.shift])  # the block's predictions
-                x0, conf = greedy_with_confidence(logits, p.remasking, rng, self.dtype)
-                conf = conf.masked_fill(x[lo:hi] != lm.mask_id, -torch.inf)  # committed tokens stay
-                pick = conf.topk(k).indices
-                x[lo + pick] = x0[pick]
-                trace += [(step, lo + i - P, b) for i in pick.tolist()]
+                hidden = hidden_states(lm.model, x, attend, positions=positions)  # [batch, P + L, H]
+                logits = lm_head(lm.model, hidden[:, lo - lm.shift: hi - lm.shift])  # the block's predictions
+                x0, conf = greedy_with_confidence(logits, p.remasking, rngs, self.dtype)
+                conf = conf.masked_fill(x[:, lo:hi] != lm.mask_id, -torch.inf)  # committed tokens stay
+                pick = conf.topk(k).indices  # [batch, k]: every row has the same number of masks left
+                x[:, lo:hi].scatter_(-1, pick, x0.gather(-1, pick))
+                for trace, row in zip(traces, pick.tolist()):
+                    trace += [(step, b * B + i, b) for i in row]
                 step += 1
-        return self.finish(x[P:].tolist(), stop, steps, steps * (P + L), trace)
+        return [self.finish(row[P:], stop, steps, steps * (len(prompt) + L), trace)
+                for row, prompt, stop, trace in zip(x.tolist(), prompts, stops or [()] * len(prompts), traces)]

@@ -77,8 +77,8 @@ def test_a_changed_forward_count_is_reported_for_that_cell_only_and_new_cells_ar
     def one_more_forward(root):  # the reference's AR counted one forward fewer than today's
         path = root / "baselines" / "ar.py"
         text = path.read_text()
-        assert "return self.finish(" in text
-        path.write_text(text.replace("return self.finish(", "forwards -= 1\n        return self.finish(", 1))
+        assert "self.finish(outs[r], stops[r], k," in text
+        path.write_text(text.replace("self.finish(outs[r], stops[r], k,", "self.finish(outs[r], stops[r], k - 1,", 1))
 
     s, _ = ab(tmp_path, arms, data_dir, one_more_forward, known=arms[:2])
     assert s["new"] == [arms[2].cell], "a cell the reference does not list is reported, not run"

@@ -1,13 +1,16 @@
 """The decoder contract and registry (DESIGN §4).
 
-A decoder is built from a loaded model and typed parameters and exposes `generate(prompt_ids, max_new_tokens, stop)`
-at batch size 1. Timing is not its business: the cell runner times `generate`.
+A decoder is built from a loaded model and typed parameters and exposes `generate_batch(prompts, max_new_tokens,
+stops)`: prompts of any lengths decoded in one batch, one `Generation` per prompt, each row exactly what that prompt
+decodes to alone. `generate` is a batch of one through the same code. Timing is not its business: the cell runner
+times each call; a row's `finished_s` stamp is taken when the decoder has read the results that made it final.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +25,8 @@ class Generation:
     forward_positions: int  # query positions processed over all forwards
     text: str = ""  # the decoded answer (same cut as `tokens`)
     trace: list[tuple[int, int, int]] | None = None  # per committed token: (step, answer position, block)
+    finished_at: int = 0  # how many of the batch's forwards had run when this row became final
+    finished_s: float = 0.0  # time.perf_counter() then: the row's latency in a batch, measured without a device sync
 
 
 class Decoder:
@@ -38,11 +43,19 @@ class Decoder:
         """Reject a model this decoder cannot drive (e.g. diffusion decoding of an AR model)."""
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str] = ()) -> Generation:
+        """Batch 1: a batch of one through `generate_batch`, not a second copy of the loop."""
+        return self.generate_batch([prompt_ids], max_new_tokens, [stop])[0]
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int,
+                       stops: list[list[str]] | None = None) -> list[Generation]:
         raise NotImplementedError
 
-    def finish(self, canvas: list[int], stop, forwards: int, positions: int, trace=None) -> Generation:
+    def finish(self, canvas: list[int], stop, forwards: int, positions: int, trace=None,
+               finished_at: int = 0) -> Generation:
+        """A row's Generation, stamped now: call it when the row is final (the device results it read are in)."""
         tokens, text = truncate(self.lm.tokenizer, canvas, self.lm.eos_id, stop)
-        return Generation(tokens, list(canvas), forwards, positions, text, trace)
+        return Generation(tokens, list(canvas), forwards, positions, text, trace, finished_at or forwards,
+                          time.perf_counter())
 
 
 def truncate(tokenizer, ids: list[int], eos_id: int, stop) -> tuple[list[int], str]:

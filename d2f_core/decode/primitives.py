@@ -1,5 +1,5 @@
-"""Small pieces the diffusion decoders share: model and block checks, confidences, the LLaDA transfer schedule,
-parallel commit rules."""
+"""Small pieces the decoders share: model and block checks, ragged-batch layout (pad id, left padding, per-row
+positions, key masks), confidences, the LLaDA transfer schedule, parallel commit rules (per row, never batch-wide)."""
 
 from __future__ import annotations
 
@@ -39,13 +39,48 @@ def probabilities(logits: torch.Tensor, dtype: torch.dtype | None) -> torch.Tens
     return torch.softmax(logits if dtype is None else logits.to(dtype), dim=-1)
 
 
+def pad_token(lm) -> int:
+    """The id padding fills with: neither EOS nor the mask id (LLaDA's pad id is its EOS, notes/batching.md §1).
+    Pad slots are never attended, so its value changes no number; a distinct id keeps a leak from reading as an
+    EOS or a mask."""
+    banned = {lm.eos_id, lm.mask_id}
+    return next(i for i in (getattr(lm.tokenizer, "pad_token_id", None), 0, 1, 2) if i is not None and i not in banned)
+
+
+def left_padded(prompts: list[list[int]], pad: int, tail: list[int], device) -> tuple[torch.Tensor, ...]:
+    """Each prompt left-padded to the longest, then `tail` (the answer canvas): ids [B, T], `valid` [B, T] (False on
+    pads) and position ids [B, T] counting valid slots only, so a padded row sees the positions it has alone (pads
+    get 0). The canvases share their columns, so a block is the same slice in every row."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p + tail for p in prompts], device=device)
+    valid = torch.tensor([[False] * (width - len(p)) + [True] * (len(p) + len(tail)) for p in prompts],
+                         device=device)
+    return ids, valid, (valid.cumsum(-1) - 1).clamp(min=0)
+
+
+def right_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths in one query, right-padded: ids [B, U] and `valid` [B, U] (False on pads)."""
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+    return ids, torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows], device=device)
+
+
+def with_own_slot(attend: torch.Tensor) -> torch.Tensor:
+    """attend bool [B, q, k] for a query that is the last q key slots: also let each query see its own slot, so a
+    pad query that may see nothing gets one key (an all-blocked row is NaN under SDPA); its output is discarded."""
+    q, k = attend.shape[-2:]
+    own = torch.arange(k, device=attend.device)[None, :] == torch.arange(k - q, k, device=attend.device)[:, None]
+    return attend | own
+
+
 def greedy_with_confidence(logits: torch.Tensor, kind: str = "low_confidence",
-                           generator: torch.Generator | None = None,
+                           generators: list[torch.Generator] | None = None,
                            dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Temperature-0 candidates x0 = argmax and a confidence per position (higher = commit first).
+    """Temperature-0 candidates x0 = argmax and a confidence per position (higher = commit first); logits [B, n, V].
 
     low_confidence / maskgit_plus: max probability (LLaDA, Dream); entropy: sum p log p (Dream's default);
-    topk_margin: top-1 minus top-2 probability; random: uniform (LLaDA's `random` remasking).
+    topk_margin: top-1 minus top-2 probability; random: uniform (LLaDA's `random` remasking), from one generator per
+    row, so a row draws what it draws alone.
     """
     probs = probabilities(logits, dtype)
     top, x0 = probs.max(dim=-1)
@@ -57,7 +92,8 @@ def greedy_with_confidence(logits: torch.Tensor, kind: str = "low_confidence",
         two = probs.topk(2, dim=-1).values
         return x0, two[..., 0] - two[..., 1]
     if kind == "random":
-        return x0, torch.rand(top.shape, generator=generator, device="cpu").to(top.device)
+        draws = [torch.rand(top.shape[1:], generator=g, device="cpu") for g in generators]
+        return x0, torch.stack(draws).to(top.device)
     raise ValueError(f"unknown confidence {kind!r}; valid: {', '.join(CONFIDENCES)}")
 
 
@@ -68,20 +104,26 @@ def transfer_schedule(n_masked: int, steps: int) -> list[int]:
 
 
 def commit_threshold(conf: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Fast-dLLM's `get_transfer_index`: the top confidence always, and every other one >= threshold (compared in
-    conf's dtype: the Python float is cast to it, as in the reference)."""
-    top = conf.argmax().view(1)
-    rest = ((conf >= threshold) & (torch.arange(len(conf), device=conf.device) != top)).nonzero().flatten()
-    return torch.cat([top, rest])
+    """Fast-dLLM's `get_transfer_index`, per row: conf [B, n] (-inf where nothing is masked) -> bool [B, n], the top
+    confidence always and every other one >= threshold (compared in conf's dtype: the Python float is cast to it,
+    as in the reference). A row with nothing masked commits nothing."""
+    pick = conf >= threshold
+    pick.scatter_(-1, conf.argmax(-1, keepdim=True), True)  # the first of equal maxima, as the reference's argmax
+    return pick & (conf > -torch.inf).any(-1, keepdim=True)
 
 
 def commit_factor(conf: torch.Tensor, factor: float) -> torch.Tensor:
-    """Fast-dLLM's `get_transfer_index_dynamic`: walk c_1 >= c_2 >= ... and stop at the first n > 1 with
-    c_n < 1 - factor / (n + 1) (thresholds cast to conf's dtype); commit the n - 1 before it. Its quirk is kept: a
-    stop at the last position, or none, commits all."""
-    order = conf.argsort(descending=True, stable=True)
-    thresholds = torch.tensor([-1.0] + [1 - factor / (n + 1) for n in range(2, len(conf) + 1)], dtype=conf.dtype,
+    """Fast-dLLM's `get_transfer_index_dynamic`, per row: conf [B, n] (-inf where nothing is masked) -> bool [B, n].
+    Walk c_1 >= c_2 >= ... over the row's m masked positions and stop at the first n > 1 with c_n < 1 - factor /
+    (n + 1) (thresholds cast to conf's dtype); commit the n - 1 before it. Its quirk is kept: a stop at the last
+    position, or none, commits all."""
+    n = conf.shape[-1]
+    masked = (conf > -torch.inf).sum(-1, keepdim=True)  # m per row; -inf sorts last, after every masked position
+    ranked, order = conf.sort(dim=-1, descending=True, stable=True)
+    thresholds = torch.tensor([-1.0] + [1 - factor / (k + 1) for k in range(2, n + 1)], dtype=conf.dtype,
                               device=conf.device)
-    below = (conf[order] < thresholds).nonzero().flatten()
-    stop = int(below[0]) if len(below) else len(conf) - 1
-    return order[: stop + 1 if stop in (0, len(conf) - 1) else stop]
+    rank = torch.arange(n, device=conf.device)
+    below = (ranked < thresholds) & (rank < masked)
+    stop = torch.where(below.any(-1, keepdim=True), below.int().argmax(-1, keepdim=True), masked - 1)
+    count = torch.where((stop == 0) | (stop == masked - 1), stop + 1, stop)
+    return torch.zeros_like(below).scatter(-1, order, rank < count) & (masked > 0)

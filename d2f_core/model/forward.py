@@ -17,10 +17,11 @@ def backbone(model) -> torch.nn.Module:
     return model.get_base_model() if hasattr(type(model), "get_base_model") else model
 
 
-def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=None, start: int = 0) -> torch.Tensor:
-    """input_ids [B, q] at positions start..start+q-1 (B is 1 when decoding, the batch when training); attend bool
-    [q, cached + q] or [B, q, cached + q], or that mask already made additive (`masks.additive`: a decoder that slices
-    one mask every step converts it once); returns hidden [B, q, H].
+def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=None, start: int = 0,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
+    """input_ids [B, q] at positions start..start+q-1, or at `positions` [B, q] (a ragged batch: each row its own);
+    attend bool [q, cached + q] or [B, q, cached + q], or that mask already made additive (`masks.additive`: a
+    decoder that slices one mask every step converts it once); returns hidden [B, q, H].
 
     With a cache, the query's K/V are appended to it (even without use_cache; roll back with `cache.crop(-n)`).
     Cached keys carry their own positions (RoPE is applied before caching), so the cache need not be a prefix.
@@ -32,7 +33,7 @@ def hidden_states(model, input_ids: torch.Tensor, attend: torch.Tensor, cache=No
     out = lm.model(
         input_ids=input_ids,
         attention_mask=attend if attend.is_floating_point() else additive(attend.to(input_ids.device), lm.dtype),
-        position_ids=torch.arange(start, start + q, device=input_ids.device)[None],
+        position_ids=torch.arange(start, start + q, device=input_ids.device)[None] if positions is None else positions,
         cache=cache,
         use_cache=cache is not None,
     )
