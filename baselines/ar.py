@@ -69,7 +69,7 @@ class ARDecoder(Decoder):
         kv_valid = torch.cat([valid, valid.new_zeros(n, slots - width)], -1)
         positions = torch.arange(width, device=lm.device).expand(n, -1).masked_fill(~valid, 0)
         last = torch.tensor([len(q) - 1 for q in prompts], device=lm.device)  # each row's prediction column
-        batch, outs, done = list(range(n)), [[] for _ in range(n)], [None] * n
+        batch, outs, done, slots = list(range(n)), [[] for _ in range(n)], [None] * n, 0
         for step in range(max_new_tokens):
             slot = 0 if step == 0 else width + step - 1  # the query's first physical slot
             keys = kv_valid if static else kv_valid[:, :slot + ids.shape[1]]
@@ -77,6 +77,7 @@ class ARDecoder(Decoder):
             forward = body if step == 0 else self._step  # the prefill's shape varies: never compiled
             hidden = forward(input_ids=ids, attention_mask=attend, position_ids=positions, cache=cache,
                              use_cache=True).last_hidden_state
+            slots += ids.numel()
             tokens = lm_head(lm.model, hidden[torch.arange(len(batch), device=lm.device), last]).argmax(-1).tolist()
             for r, token in zip(batch, tokens):
                 if done[r] is None:
@@ -97,6 +98,8 @@ class ARDecoder(Decoder):
             ids = torch.tensor([[outs[r][-1] if done[r] is None else self.pad] for r in batch], device=lm.device)
             positions = torch.tensor([[len(prompts[r]) + step] for r in batch], device=lm.device)
             last = torch.zeros(len(batch), dtype=torch.long, device=lm.device)
+        for row in done:
+            row.slots = slots
         return done
 
 

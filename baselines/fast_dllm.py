@@ -97,10 +97,12 @@ class FastDLLMDecoder(Decoder):
                 hidden = hidden_states(lm.model, x[:, lo:end], additive(keys[:, None, :].expand(-1, end - lo, -1),
                                        self.mask_dtype), cache, positions=positions[:, lo:end])
                 cache.crop(lo - end)  # the query's K/V are not kept: the cache stays as refreshed
-                self.run.forward(live, end - lo)
+                self.run.forward(live, end - lo, x.shape[0] * (end - lo))
                 live = self.commit(x, lo, hi, torch.cat([carry, hidden], 1), lo - 1, b, live)
                 self.finish_rows(done, last, live, x, P, stops)
         self.finish_rows(done, True, torch.zeros_like(valid[:, 0]), x, P, stops)  # rows the loop never ran for
+        for row in done:
+            row.slots = self.run.slots
         return done
 
     def masked_rows(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -115,7 +117,7 @@ class FastDLLMDecoder(Decoder):
             cache.crop(lo - x.shape[1])
         elif self.p.cache == "dual":
             keep_positions(cache, lo, hi)
-        self.run.forward(live)
+        self.run.forward(live, None, x.numel())
         return cache, hidden
 
     def commit(self, x, lo: int, hi: int, src: torch.Tensor, first: int, b: int, live: torch.Tensor,
@@ -151,15 +153,17 @@ class FastDLLMDecoder(Decoder):
 
 
 class Run:
-    """Per-row counts of one batch: the forwards each row took part in, the query positions it sent, its commits."""
+    """Per-row counts of one batch: the forwards each row took part in, the query positions it sent, its commits;
+    and the batch's forwards and query slots."""
 
     def __init__(self, n: int, lengths: list[int]):
-        self.lengths, self.batch_forwards = lengths, 0
+        self.lengths, self.batch_forwards, self.slots = lengths, 0, 0
         self.forwards, self.positions, self.trace = [0] * n, [0] * n, [[] for _ in range(n)]
 
-    def forward(self, live: torch.Tensor, query: int | None = None) -> None:
-        """One batch forward: each live row counts it, with `query` positions (None: its whole unpadded canvas)."""
-        self.batch_forwards += 1
+    def forward(self, live: torch.Tensor, query: int | None, slots: int) -> None:
+        """One batch forward of `slots` query slots: each live row counts it, with `query` positions (None: its
+        whole unpadded canvas)."""
+        self.batch_forwards, self.slots = self.batch_forwards + 1, self.slots + slots
         for r in live.nonzero().flatten().tolist():
             self.forwards[r] += 1
             self.positions[r] += self.lengths[r] if query is None else query

@@ -71,5 +71,8 @@ class VanillaDecoder(Decoder):
                 for trace, row in zip(traces, pick.tolist()):
                     trace += [(step, b * B + i, b) for i in row]
                 step += 1
-        return [self.finish(row[P:], stop, steps, steps * (len(prompt) + L), trace)
+        rows = [self.finish(row[P:], stop, steps, steps * (len(prompt) + L), trace)
                 for row, prompt, stop, trace in zip(x.tolist(), prompts, stops or [()] * len(prompts), traces)]
+        for row in rows:
+            row.slots = steps * x.numel()
+        return rows

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from d2f_core.bench.benchmarks import BENCHMARKS, SYNTHETIC
-from d2f_core.bench.runner import params_label, parse_params
+from d2f_core.bench.runner import params_label, parse_params, split_batch
 from d2f_core.decode.base import check_params, decoder_names, decoder_params
 from d2f_core.report.regress import SPEED_DECODERS
 
@@ -28,6 +28,10 @@ class Cell:
 
     def path(self, profile: str) -> str:
         return f"results/{profile}/{self.model}/{self.benchmark}/{self.decoder}/{self.params}"
+
+    @property
+    def batch_size(self) -> int:
+        return split_batch(parse_params(self.params))[1]
 
     @property
     def key(self) -> str:
@@ -146,8 +150,10 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
                     typed = check_params(entry["decoder"], point, gen_length_of(config, entry["model"]))
                 except ValueError as e:
                     raise ValueError(f"{where} ({entry['model']}, {entry['decoder']} {point}): {e}") from None
-                label = params_label({k: getattr(typed, k) for k in point})  # 8.0 and 8 name one cell
-                for cell in (Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks):
+                named = {k: getattr(typed, k) for k in point}  # 8.0 and 8 name one cell
+                labels = [params_label({**named, **({"batch_size": n} if n > 1 else {})})
+                          for n in entry.get("batch_sizes", [1])]
+                for cell in (Cell(entry["model"], b, entry["decoder"], label) for b in benchmarks for label in labels):
                     if cell in cells:
                         raise ValueError(f"{where} repeats the cell {cell.key} of {cells[cell]}: a setting is decoded "
                                          f"once; remove one of them")
@@ -156,9 +162,9 @@ def expand_cells(config: dict, key: str = "cells") -> list[Cell]:
 
 
 def speed_pairs(config: dict, cells: list[Cell], benchmark: str) -> tuple[list[Cell], list[tuple[Cell, Cell]]]:
-    """The paired-speed group of a benchmark: its table cells, and each D2F / Fast-dLLM cell paired with the vanilla
-    cell of its base model that has the most steps (one token per step, the paper's baseline row) and with AR."""
-    here = [c for c in cells if c.benchmark == benchmark]
+    """The paired-speed group of a benchmark: its batch-1 table cells, and each D2F / Fast-dLLM cell paired with the
+    vanilla cell of its base model that has the most steps (one token per step, the paper's baseline row) and AR."""
+    here = [c for c in cells if c.benchmark == benchmark and c.batch_size == 1]  # timed one problem at a time
 
     def steps(c: Cell) -> int:
         value = int(float(parse_params(c.params).get("steps", 0)))

@@ -28,16 +28,23 @@ def timed(device: torch.device) -> float:
 
 
 def timed_generate(dec, device: torch.device, *args):
-    """(generation, seconds) of one `dec.generate(*args)` between two device synchronisations, with Python's cyclic
+    """(generation, seconds) of one `dec.generate(*args)`, timed as `timed_call` times."""
+    gen, _, seconds = timed_call(dec.generate, device, *args)
+    return gen, seconds
+
+
+def timed_call(fn, device: torch.device, *args):
+    """(result, start, seconds) of one `fn(*args)` between two device synchronisations, with Python's cyclic
     garbage collector paused as `timeit` pauses it: a full collection walks the ~460k objects torch and transformers
     keep alive (0.1-0.3 s, five times a tiny model's whole generation) and lands in whichever call crosses its
-    threshold. Garbage made inside the call is collected after it, outside the timing."""
+    threshold. Garbage made inside the call is collected after it, outside the timing. `start` is the
+    perf_counter a row's `finished_s` stamp is measured from."""
     paused = gc.isenabled()
     gc.disable()
     try:
         t0 = timed(device)
-        gen = dec.generate(*args)
-        return gen, timed(device) - t0
+        result = fn(*args)
+        return result, t0, timed(device) - t0
     finally:
         if paused:
             gc.enable()

@@ -27,7 +27,7 @@ from d2f_core.bench.benchmarks import get_benchmark
 from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.io import atomic_write_json, rewrite_jsonl
 from d2f_core.bench.meter import timed, timed_generate
-from d2f_core.bench.runner import longest_first, prompt_ids
+from d2f_core.bench.runner import batches_of_longest, prompt_ids
 from d2f_core.bench.stats import RESAMPLES
 from d2f_core.decode.base import build_decoder
 from d2f_core.model.forward import backbone
@@ -100,7 +100,7 @@ def run_paired(arms: list[Arm], ratios: list[tuple[str, str]], benchmark: str, d
         decoders[arm.cell] = (lm, build_decoder(arm.decoder, lm, **arm.params), arm.max_new_tokens)
         prompts[arm.cell] = [prompt_ids(lm, bench, r, arm.chat) for r in rows]
     for cell, (lm, dec, length) in decoders.items():  # never recorded; the longest prompt sizes every buffer
-        for row, ids in longest_first(list(zip(rows, prompts[cell])))[:warmup]:
+        for [(row, ids)] in batches_of_longest(list(zip(rows, prompts[cell])), 1)[:warmup]:
             dec.generate(ids, length, bench.stops(row))
     rng, records = random.Random(seed), []
     for i, row in enumerate(tqdm(rows, desc=f"paired speed {benchmark}", mininterval=5)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from d2f_core.bench.environment import device_info, git_sha, versions
 from d2f_core.bench.gpu_slot import claim_gpu
 from d2f_core.bench.io import (DISK_FIXES, JsonlAppender, atomic_write_json, exclusive, read_jsonl_tolerant,
                                rewrite_jsonl)
-from d2f_core.bench.meter import Meter, timed_generate
+from d2f_core.bench.meter import Meter, timed_call
 from d2f_core.decode.base import build_decoder, check_params
 from d2f_core.model.load import LoadedModel, load_model
 from d2f_core.train.corpora import read_jsonl
@@ -48,6 +49,25 @@ def parse_params(label: str) -> dict[str, str]:
 
 def params_label(params: dict) -> str:
     return ",".join(f"{k}~{params[k]}" for k in sorted(params)) or "default"
+
+
+def split_batch(params: dict) -> tuple[dict, int]:
+    """A cell's parameters -> (the decoder's, its batch size): `batch_size` (absent: 1) names how many problems
+    one `generate_batch` decodes; it is the cell's, not the decoder's."""
+    rest = {k: v for k, v in params.items() if k != "batch_size"}
+    value = params.get("batch_size", 1)
+    if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+        raise ValueError(f"batch_size = {value!r}: must be a whole number >= 1")
+    return rest, int(value)
+
+
+def batches_of(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Problem indices grouped into batches: in file order at batch 1 (one problem per batch, as always), else in a
+    seeded shuffled order, so a batch mixes lengths as a server's arrivals would and every run forms the same ones."""
+    order = list(range(n))
+    if batch_size > 1:
+        random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 @dataclass
@@ -123,7 +143,9 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
     if threads:
         torch.set_num_threads(threads)
     try:
-        check_params(decoder, params, max_new_tokens)  # before any model is loaded
+        decoder_params, batch_size = split_batch(params)
+        record["batch_size"] = batch_size
+        check_params(decoder, decoder_params, max_new_tokens)  # before any model is loaded
         bench = get_benchmark(benchmark)
         identity = {"model": fingerprint(model), "adapter": fingerprint(adapter) if adapter else None,
                     "merge": merge, "decoder": decoder, "params": params, "max_new_tokens": max_new_tokens,
@@ -135,20 +157,26 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
         done = resumable(partial, identity)
         shared = (shared or Prepared(model, benchmark, data_dir, max_new_tokens, adapter, merge, limit, chat)).get()
         lm = shared.lm
-        dec = build_decoder(decoder, lm, **params)
+        dec = build_decoder(decoder, lm, **decoder_params)
         record["gpu_index"] = torch.cuda.current_device() if lm.device.type == "cuda" else None
         record["device_info"] = device_info(lm.device)
+        pairs = list(zip(shared.rows, shared.prompts))
+        todo, done = pending(batches_of(len(pairs), batch_size), [row["id"] for row in shared.rows], done, partial)
         record["resumed_from"] = len(done)
-        todo = list(zip(shared.rows, shared.prompts))[len(done):]
-        for row, ids in longest_first(todo)[:warmup]:  # never recorded: first-call allocations, lazy init, and
-            dec.generate(ids, max_new_tokens, bench.stops(row))  # buffers sized for the longest (a static cache)
+        for size in sorted({len(batch) for batch in todo}):  # never recorded: first-call allocations, lazy init,
+            for batch in batches_of_longest(pairs, size)[:warmup]:  # and buffers sized for the longest (a static
+                dec.generate_batch([ids for _, ids in batch], max_new_tokens,  # cache), at every batch shape
+                                   [bench.stops(row) for row, _ in batch])
         meter, log = Meter(lm.device), JsonlAppender(partial)
         meter.start()
-        for row, ids in tqdm(todo, desc=f"{decoder} {Path(model).name} {benchmark}", mininterval=5):
-            log.write(decode_one(dec, lm, row["id"], ids, max_new_tokens, bench.stops(row),
-                                 first=not done and row is shared.rows[0]))
+        for batch in tqdm(todo, desc=f"{decoder} {Path(model).name} {benchmark}", mininterval=5):
+            rows = [pairs[i] for i in batch]
+            for sample in decode_batch(dec, lm, [row["id"] for row, _ in rows], [ids for _, ids in rows],
+                                       max_new_tokens, [bench.stops(row) for row, _ in rows],
+                                       first=not done and batch is todo[0], batch=batch[0]):
+                log.write(sample)
         record["meter"] = meter.stop()
-        record["meter"]["window_samples"] = len(todo)
+        record["meter"]["window_samples"] = sum(map(len, todo))
         log.close()
         os.replace(partial, final)
     except Exception as e:  # the cell is recorded as failed; other cells go on
@@ -161,10 +189,24 @@ def run_cell(model: str, benchmark: str, data_dir: str, decoder: str, params: di
     return record
 
 
-def longest_first(pairs: list[tuple[dict, list[int]]]) -> list[tuple[dict, list[int]]]:
-    """(row, prompt ids) pairs, the longest prompt first: warming up on it sizes every buffer a decoder grows (the
-    compiled AR step's static cache recompiles when a longer prompt outgrows it: never inside a timed call)."""
-    return sorted(pairs, key=lambda pair: len(pair[1]), reverse=True)
+def batches_of_longest(pairs: list[tuple[dict, list[int]]], size: int) -> list[list[tuple[dict, list[int]]]]:
+    """(row, prompt ids) pairs, the longest prompts first, in batches of `size`: warming up on them sizes every
+    buffer a decoder grows (the compiled AR step's static cache recompiles when a longer prompt outgrows it: never
+    inside a timed call)."""
+    ranked = sorted(pairs, key=lambda pair: len(pair[1]), reverse=True)
+    return [ranked[i:i + size] for i in range(0, len(ranked), size)]
+
+
+def pending(batches: list[list[int]], ids: list, done: list[dict], partial: Path) -> tuple[list, list[dict]]:
+    """The batches still to decode, and the finished rows to keep: those of whole batches (a batch's rows are
+    appended together; a kill between two of them leaves a part, which is decoded again)."""
+    finished = {row["id"] for row in done}
+    whole = [batch for batch in batches if all(ids[i] in finished for i in batch)]
+    kept = {ids[i] for batch in whole for i in batch}
+    if len(kept) != len(done):
+        done = [row for row in done if row["id"] in kept]
+        rewrite_jsonl(partial, done)
+    return [batch for batch in batches if batch not in whole], done
 
 
 def fingerprint(path: str) -> dict:
@@ -235,20 +277,34 @@ def prompt_ids(lm, bench, row: dict, chat: bool) -> list[int]:
 
 
 def decode_one(dec, lm, sample_id, ids, max_new_tokens, stop, first: bool) -> dict:
-    """Time one `generate` (device-synchronised) and count its tokens the ways DESIGN §5 defines."""
-    sample = {"id": sample_id, "prompt_hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+    """One problem decoded alone (a batch of one)."""
+    return decode_batch(dec, lm, [sample_id], [ids], max_new_tokens, [stop], first)[0]
+
+
+def decode_batch(dec, lm, sample_ids: list, prompts: list[list[int]], max_new_tokens: int, stops: list,
+                 first: bool, batch: int = 0) -> list[dict]:
+    """Time one `generate_batch` (one device-synchronised window for the whole batch) and count each row's tokens
+    the ways DESIGN §5 defines. A row's latency is the time until it was final (`Generation.finished_s`; the whole
+    window at batch 1, as always); `batch_s` is the window, which the batch's aggregate TPS divides by. A batch that
+    fails is an error row per problem, not a crashed cell."""
+    samples = [{"id": i, "prompt_hash": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+               for i, ids in zip(sample_ids, prompts)]
     try:
-        gen, latency = timed_generate(dec, lm.device, ids, max_new_tokens, list(stop))
-    except Exception as e:  # one problem's failure is an error row, not a crashed cell
-        return {**sample, "output": "", "tokens": 0, "latency": None, "forwards": 0,
-                "error": f"{type(e).__name__}: {e}"}
-    canvas = [t for t in gen.canvas_tokens if t != lm.eos_id]
-    sample.update(
-        output=gen.text, tokens=len(gen.tokens), latency=latency, forwards=gen.forwards,
-        forward_positions=gen.forward_positions, canvas_length=len(gen.canvas_tokens),
-        tokens_llada=sum(t != lm.eos_id for t in lm.tokenizer(gen.text).input_ids), tokens_canvas=len(canvas),
-        error=None,
-    )
-    if first and gen.trace is not None:
-        sample["trace"] = gen.trace  # one problem per cell, for the timeline figure
-    return sample
+        gens, start, seconds = timed_call(dec.generate_batch, lm.device, prompts, max_new_tokens,
+                                          [list(s) for s in stops])
+    except Exception as e:
+        return [{**s, "output": "", "tokens": 0, "latency": None, "forwards": 0, "error": f"{type(e).__name__}: {e}"}
+                for s in samples]
+    for sample, gen in zip(samples, gens):
+        canvas = [t for t in gen.canvas_tokens if t != lm.eos_id]
+        sample.update(
+            output=gen.text, tokens=len(gen.tokens),
+            latency=seconds if len(gens) == 1 else min(gen.finished_s - start, seconds),
+            forwards=gen.forwards, forward_positions=gen.forward_positions, canvas_length=len(gen.canvas_tokens),
+            tokens_llada=sum(t != lm.eos_id for t in lm.tokenizer(gen.text).input_ids), tokens_canvas=len(canvas),
+            batch=batch, batch_size=len(gens), batch_s=seconds, batch_forwards=gen.finished_at,
+            batch_slots=gen.slots, error=None,
+        )
+    if first and gens[0].trace is not None:
+        samples[0]["trace"] = gens[0].trace  # one problem per cell, for the timeline figure
+    return samples

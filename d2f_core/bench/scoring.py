@@ -13,6 +13,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from d2f_core.bench.benchmarks import get_benchmark
@@ -62,7 +63,7 @@ def summarize(samples: list[dict], run: dict, profile: str, model_name: str, bas
                 "decoder": run["decoder"], "params": run["params"], "max_new_tokens": run["max_new_tokens"]}
     out = {**identity, "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
            "metric": metric, "cell_dir": str(cell_dir), "status": run["status"], "error": run["error"],
-           "n": len(samples),
+           "n": len(samples), "batch_size": run.get("batch_size", 1),
            "device": run.get("device_info"), "versions": run["versions"], "git_sha": run["git_sha"]}
     ok = [s for s in samples if not s.get("error")]
     if run["status"] != "ok" or not ok:
@@ -76,13 +77,17 @@ def summarize(samples: list[dict], run: dict, profile: str, model_name: str, bas
     correct = [float(s["correct"]) for s in samples]
     tokens, latency = [s["tokens"] for s in ok], [s["latency"] for s in ok]
     forwards = [s["forwards"] for s in ok]
+    batch_tokens, windows, slots = batches(ok)
     meter = run.get("meter", {})
     out.update(
         errors=len(samples) - len(ok),
         score=statistics.fmean(correct), score_ci=bootstrap_mean(correct),
-        tps=sum(tokens) / sum(latency), tps_ci=bootstrap_ratio(tokens, latency),
+        tps=sum(batch_tokens) / sum(windows), tps_ci=bootstrap_ratio(batch_tokens, windows),
         tps_median=statistics.median(t / l for t, l in zip(tokens, latency)),
+        tps_request=statistics.fmean(t / l for t, l in zip(tokens, latency)),
         latency_mean=statistics.fmean(latency), latency_median=statistics.median(latency),
+        latency_p90=float(np.percentile(latency, 90)),
+        padded_fraction=1 - sum(s["forward_positions"] for s in ok) / slots if slots else None,
         tokens_mean=statistics.fmean(tokens), tokens_llada_mean=statistics.fmean(s["tokens_llada"] for s in ok),
         tokens_canvas_mean=statistics.fmean(s["tokens_canvas"] for s in ok),
         nfe=statistics.fmean(forwards), tpf=sum(tokens) / sum(forwards),
@@ -96,3 +101,16 @@ def summarize(samples: list[dict], run: dict, profile: str, model_name: str, bas
         flexible = [float(s.get("correct_flexible", False)) for s in samples]
         out.update(score_flexible=statistics.fmean(flexible), score_flexible_ci=bootstrap_mean(flexible))
     return out
+
+
+def batches(ok: list[dict]) -> tuple[list[int], list[float], int | None]:
+    """Per batch: its rows' answer tokens and its timed window; and the query slots all batches computed (None for
+    rows written before batches were recorded: each was a batch of one, its window its latency)."""
+    tokens, windows, slots = {}, {}, {}
+    for i, s in enumerate(ok):
+        key = s.get("batch", f"problem {i}")
+        tokens[key] = tokens.get(key, 0) + s["tokens"]
+        windows[key], slots[key] = s.get("batch_s", s["latency"]), s.get("batch_slots")
+    known = None if None in slots.values() else sum(slots.values())
+    return list(tokens.values()), list(windows.values()), known
+

@@ -27,6 +27,7 @@ class Generation:
     trace: list[tuple[int, int, int]] | None = None  # per committed token: (step, answer position, block)
     finished_at: int = 0  # how many of the batch's forwards had run when this row became final
     finished_s: float = 0.0  # time.perf_counter() then: the row's latency in a batch, measured without a device sync
+    slots: int = 0  # query slots the batch's forwards computed, pads and waiting rows included (same on every row)
 
 
 class Decoder:

@@ -107,6 +107,7 @@ class D2FDecoder(Decoder):
         kv_valid = torch.ones(len(rows), 0, dtype=torch.bool, device=lm.device)  # False: a hole in that row
         carry = None  # [rows, 1, H]: hidden state of each row's last cached position (predicts the next; shift 1)
         done: list[Generation | None] = [None] * len(rows)
+        slots = 0
         for step in range(MAX_STEPS):
             finished = []
             for k, row in enumerate(rows):
@@ -146,6 +147,7 @@ class D2FDecoder(Decoder):
             attend = torch.cat([kv_valid[:, None, :].expand(-1, U, -1), window], -1)
             hidden = hidden_states(lm.model, ids, additive(attend, self.mask_dtype), cache,
                                    positions=logical.masked_fill(~q_valid, 0))
+            slots += ids.numel()
             for row, w in zip(rows, windows):
                 row.forwards, row.positions = row.forwards + 1, row.positions + len(w)
 
@@ -201,5 +203,7 @@ class D2FDecoder(Decoder):
                     if b.masks:
                         break
                     b.state = "to_cache"
+        for row in done:
+            row.slots = slots
         return done
 

@@ -1,9 +1,12 @@
-"""Every report of a profile from its summary.csv: tables, Pareto plots, decoding timelines."""
+"""Every report of a profile from its summary.csv: tables, Pareto plots, decoding timelines, the batch-size report."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
+from d2f_core.report.batching import write_batching
 from d2f_core.report.pareto import write_pareto
 from d2f_core.report.regress import load_paired
 from d2f_core.report.tables import write_tables
@@ -29,4 +32,4 @@ def build_reports(summary_csv: str, out_dir: str, published_csv: str | None = No
             path = out / f"timeline_{decoder}.png"
             plot_timeline(trace, f"{row['model']} · {decoder} · {row['benchmark']}\n{row['params']}", path)
             figures.append(path)
-    return figures
+    return figures + write_batching(pd.read_csv(summary_csv), out)

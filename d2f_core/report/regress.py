@@ -29,7 +29,8 @@ import pandas as pd
 
 from d2f_core.bench.ab import ReferenceUnrunnable, meta_path, reference_commit
 from d2f_core.bench.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
-from d2f_core.report.tables import reference_cells
+from d2f_core.bench.runner import params_label, parse_params, split_batch
+from d2f_core.report.tables import batch_sizes, reference_cells, single
 
 KEY = ["model", "benchmark", "decoder", "params"]
 REQUIRED = [*KEY, "base_model", "status", "score", "score_ci_lo", "score_ci_hi", "tps", "tokens_mean", "nfe"]
@@ -139,7 +140,7 @@ def speed_ratios(df: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float]]
     """(cell, 'vanilla' | 'ar') -> (this cell's TPS, its reference cell's TPS), measured in the same run."""
     refs = reference_cells(df.reset_index(drop=True)).set_index(df.index)
     out = {}
-    for cell, row in df[(df["status"] == "ok") & df["decoder"].isin(SPEED_DECODERS)].iterrows():
+    for cell, row in single(df[(df["status"] == "ok") & df["decoder"].isin(SPEED_DECODERS)]).iterrows():
         for kind in ("vanilla", "ar"):
             pos = refs.at[cell, f"{kind}_ref"]
             if pos is not None and not (isinstance(pos, float) and math.isnan(pos)):
@@ -204,6 +205,27 @@ def ab_checks(ab: dict, ref: pd.DataFrame, now: pd.DataFrame, speed_tolerance: f
     return checks
 
 
+def batch_checks(now: pd.DataFrame, now_samples: dict) -> list[Check]:
+    """Each batch > 1 cell against its batch-1 twin in this run: every row of a batch is its batch-1 decoding, so
+    every answer's verdict and the forwards per problem must be equal (a difference is a batching bug)."""
+    checks = []
+    for cell in now.index[(batch_sizes(now) > 1) & (now["status"] == "ok")]:
+        row = now.loc[cell]
+        twin = "/".join([row["model"], row["benchmark"], row["decoder"],
+                         params_label(split_batch(parse_params(row["params"]))[0])])
+        if twin not in now.index or now.at[twin, "status"] != "ok":
+            checks.append(Check(cell, "batch = batch 1", None, None, "not gated", f"no ok batch-1 cell {twin}"))
+            continue
+        ours, theirs = now_samples.get(cell, {}), now_samples.get(twin, {})
+        moved = sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
+        nfe = now.at[twin, "nfe"]
+        bad = moved or abs(row["nfe"] - nfe) > 1e-9
+        checks.append(Check(cell, "batch = batch 1", nfe, row["nfe"], "REGRESSION" if bad else "ok",
+                            f"NFE {row['nfe']:.4g} vs {nfe:.4g} at batch 1; {len(moved)} verdicts differ"
+                            + (f" (e.g. {moved[0]})" if moved else f" of {len(ours)} problems")))
+    return checks
+
+
 def load_ab(paths: list[str | Path], reference_csv: str | Path) -> dict:
     """The A/B files of a run, checked to be against the reference's own commit (a stale file is unusable)."""
     try:
@@ -248,6 +270,7 @@ def compare(now: pd.DataFrame, ref: pd.DataFrame, now_samples: dict, ref_samples
         checks.append(score_check(cell, r, n, now_samples.get(cell), ref_samples.get(cell), tolerance))
     checks += ab_checks(ab, ref, now, speed_tolerance) if ab is not None else [
         Check("(every cell)", "speed", None, None, "not gated", "no A/B run given (--ab): speed is not gated")]
+    checks += batch_checks(now, now_samples)
     checks += paired_checks(now_paired, ref_paired) if now_paired and ref_paired else ratio_checks(now, ref)
     for c in checks:
         bad = [v for v in (c.reference, c.now) if v is not None and not math.isfinite(v)]

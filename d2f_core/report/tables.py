@@ -21,9 +21,22 @@ COLUMNS = {"model": "Model", "decoder": "Decoder", "params": "Params", "tps": "T
            "nfe": "NFE", "tpf": "TPF", "speedup_vanilla": "× vanilla", "speedup_ar": "× AR", "status": "Status"}
 
 
+def batch_sizes(df: pd.DataFrame) -> pd.Series:
+    """Each cell's batch size (1 where a summary predates batches)."""
+    return pd.to_numeric(df["batch_size"], errors="coerce").fillna(1) if "batch_size" in df else pd.Series(
+        1, index=df.index)
+
+
+def single(df: pd.DataFrame) -> pd.DataFrame:
+    """The batch-1 cells: the paper's tables, the Pareto plots and the speed-ups compare requests decoded one at a
+    time (the batch report compares batch sizes)."""
+    return df[batch_sizes(df) == 1]
+
+
 def reference_cells(df: pd.DataFrame) -> pd.DataFrame:
-    """Per row, the index of its vanilla reference (same base model and benchmark) and of its AR reference."""
-    ok = df[df["status"] == "ok"]
+    """Per row, the index of its vanilla reference (same base model and benchmark) and of its AR reference, both
+    batch-1 cells."""
+    ok = single(df[df["status"] == "ok"])
     vanilla = ok[ok["decoder"] == "vanilla"].sort_values("nfe").groupby(["benchmark", "base_model"]).tail(1)
     ar = ok[ok["decoder"] == "ar"].sort_values("tps").groupby("benchmark").tail(1)
     out = pd.DataFrame(index=df.index)
@@ -138,7 +151,7 @@ def with_paired(df: pd.DataFrame, paired: dict) -> pd.DataFrame:
 
 def write_tables(summary_csv: str, out_dir: str, published_csv: str | None = None,
                  paired: dict | None = None) -> pd.DataFrame:
-    raw = pd.read_csv(summary_csv)
+    raw = single(pd.read_csv(summary_csv))
     df = table_frame(raw)
     out = Path(out_dir)
     atomic_write_text(out / "table.csv", df.to_csv(index=False))

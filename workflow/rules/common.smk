@@ -27,6 +27,9 @@ ADAPTERS = config.get("adapters", {})
 CELLS = expand_cells(config)
 SWEEPS = [cell for cell in expand_cells(config, "sweeps") if cell not in CELLS]
 DECODERS = sorted({cell.decoder for cell in CELLS + SWEEPS})
+BATCH_BENCHMARKS = sorted(
+    {cell.benchmark for cell in CELLS + SWEEPS if cell.batch_size > 1}
+)
 
 
 def one_of(names):

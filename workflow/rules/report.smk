@@ -39,6 +39,15 @@ rule report:
             caption="../report/timeline.rst",
             category="Timelines",
         ),
+        batch=report(
+            f"{REPORTS}/batch.md", caption="../report/batch.rst", category="Batch size"
+        ),
+        batch_csv=f"{REPORTS}/batch.csv",
+        batch_figures=report(
+            expand("{dir}/batch_{b}.png", dir=REPORTS, b=BATCH_BENCHMARKS),
+            caption="../report/batch.rst",
+            category="Batch size",
+        ),
     log:
         f"logs/{PROFILE}/report.log",
     conda:
