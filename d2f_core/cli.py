@@ -284,6 +284,31 @@ def cmd_selfcheck(a) -> None:
     raise SystemExit(1 if report.failed else 0)
 
 
+def cmd_overhead(a) -> None:
+    import torch
+
+    from d2f_core.bench.benchmarks import get_benchmark
+    from d2f_core.bench.io import atomic_write_json
+    from d2f_core.bench.overhead import measure
+    from d2f_core.bench.runner import prepare
+    from d2f_core.decode.base import check_params
+
+    check_params(a.decoder, _kv(a.param), a.max_new_tokens)  # before the model loads
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    shared = prepare(a.model, a.benchmark, a.data, a.max_new_tokens, a.adapter, a.merge, a.limit, a.chat)
+    bench = get_benchmark(a.benchmark)
+    rows = measure(shared.lm, a.decoder, _kv(a.param), shared.prompts, [bench.stops(r) for r in shared.rows],
+                   a.max_new_tokens, a.batch_sizes)
+    for r in rows:
+        ratio = f", {r['tps_vs_batch_1']:.2f}x batch 1" if r["tps_vs_batch_1"] is not None else ""
+        print(f"batch {r['batch_size']:>3}: {r['tps']:.1f} tok/s aggregate{ratio}; {r['outside_forwards']:.1%} of "
+              f"{r['seconds']:.2f} s outside model forwards ({r['problems']} problems, {r['tokens']} tokens)")
+    if a.out:
+        atomic_write_json(a.out, {"decoder": a.decoder, "params": _kv(a.param), "model": a.model,
+                                  "adapter": a.adapter, "benchmark": a.benchmark, "rows": rows})
+
+
 def cmd_generate(a) -> None:
     import dataclasses
 
@@ -487,6 +512,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper-smoke models (`snakemake models --cores all --configfile "
                         "workflow/config/paper-smoke.yaml`)")
     s.set_defaults(func=cmd_selfcheck)
+
+    s = sub.add_parser("overhead", help="a decoder's aggregate TPS per batch size and its share of wall time outside "
+                                        "model forwards (its own Python), on a benchmark's prompts")
+    s.add_argument("--model", required=True)
+    s.add_argument("--adapter")
+    s.add_argument("--merge", action="store_true")
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--data", required=True, help="the folder with {benchmark}.test.jsonl")
+    s.add_argument("--decoder", required=True)
+    s.add_argument("--param", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 16])
+    s.add_argument("--limit", type=positive_int, default=64)
+    s.add_argument("--max-new-tokens", type=positive_int, default=32)
+    s.add_argument("--chat", action="store_true")
+    s.add_argument("--threads", type=positive_int)
+    s.add_argument("--out", help="also write the rows as JSON here")
+    s.set_defaults(func=cmd_overhead)
 
     s = sub.add_parser("generate", help="run one decoder on one prompt")
     s.add_argument("--model", required=True)

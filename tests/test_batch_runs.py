@@ -112,3 +112,15 @@ def test_the_batch_report_has_its_table_and_figure(model_dirs, data_dir, tmp_pat
     assert "TPS (aggregate)" in text and text.count("| d2f ") == 2
     table = pd.read_csv(tmp_path / "report" / "table.csv")
     assert len(table) == 1, "the paper's tables keep batch 1"
+
+
+def test_overhead_reports_tps_per_batch_size_and_the_share_outside_forwards(model_dirs, data_dir, tmp_path, capsys):
+    from d2f_core.cli import main
+
+    main(["overhead", "--model", str(model_dirs["llada"]), "--benchmark", "tiny-gsm", "--data", str(data_dir),
+          "--decoder", "d2f", "--param", "block_size=4", "--batch-sizes", "1", "4", "--limit", "6",
+          "--max-new-tokens", "16", "--out", str(tmp_path / "o.json")])
+    rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [1, 4] and rows[0]["tps_vs_batch_1"] == 1
+    assert all(0 < r["outside_forwards"] < 1 and r["tokens"] > 0 for r in rows)
+    assert "outside model forwards" in capsys.readouterr().out

@@ -135,7 +135,7 @@ def test_cli_help_lists_every_step():
     out = _run(sys.executable, "-m", "d2f_core.cli", "--help")
     for step in ("data", "prompts", "fetch", "smollm2", "export", "tokenizer", "train", "distill", "decode", "speed",
                  "score", "check-config", "aggregate", "report", "verify-run", "regress", "selfcheck", "generate",
-                 "lm-eval"):
+                 "lm-eval", "overhead"):
         assert step in out.stdout
 
 

@@ -7,6 +7,8 @@ family on a few GSM8K questions, and prints one screen of verdicts:
 - D2F's exact cache in bf16: cached vs recomputed tokens (bf16 kernels may differ by query length, so this reports
   the agreement rate rather than failing);
 - `ar`: the compiled static-cache step equals the dynamic loop token for token;
+- batches: every family decodes 16 ragged prompts at batch 1, 4 and 16; per batch size, the share of rows whose tokens
+  equal batch 1's (a rate: bf16 kernels differ by shape; float32 on a CPU must agree) and the aggregate TPS;
 - device and versions.
 Without CUDA it says so, runs the same decoders on the CPU (float32; the cache check also in bf16) and skips what
 only a GPU can show.
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from d2f_core.bench.environment import device_info, versions
-from d2f_core.bench.meter import Meter, timed, timed_generate
+from d2f_core.bench.meter import Meter, timed, timed_call, timed_generate
 from d2f_core.decode.base import build_decoder
 from d2f_core.model.load import load_model
 
@@ -117,6 +119,7 @@ def run_selfcheck(models_dir: str = MODELS) -> Report:
     _check_meter(report, meter, ready, timings, cuda)
     _check_d2f_cache(report, root, arms, device)
     _check_ar_compile(report, loaded, arms, cuda)
+    _check_batches(report, ready, cuda)
     return report
 
 
@@ -174,3 +177,31 @@ def _check_ar_compile(report: Report, loaded: dict, arms: list, cuda: bool) -> N
     report.add("ok" if same == len(prompts) else "FAIL",
                f"ar compile (static cache, torch.compile): {same}/{len(prompts)} answers equal the dynamic loop's "
                f"({time.perf_counter() - start:.0f} s with compilation)")
+
+
+BATCH_SIZES = (1, 4, 16)
+
+
+def _check_batches(report: Report, ready: list, cuda: bool) -> None:
+    """Does the speed-up survive a batch? Per family: 16 prompts of different lengths (the GSM8K questions and their
+    shorter prefixes) decoded in batches of 1, 4 and 16 after a warm-up at each shape; aggregate TPS (all answer
+    tokens over the timed windows) and the share of rows equal to batch 1's."""
+    for label, lm, dec, prompts in ready:
+        ragged = [ids[: max(8, len(ids) - 7 * (i // len(prompts)))] for i, ids in enumerate(prompts * 6)][:max(BATCH_SIZES)]
+        tps, answers = {}, {}
+        for size in BATCH_SIZES:
+            batches = [ragged[i:i + size] for i in range(0, len(ragged), size)]
+            dec.generate_batch(batches[0], NEW_TOKENS)  # warm-up at this shape
+            rows, seconds = [], 0.0
+            for batch in batches:
+                gens, _, took = timed_call(dec.generate_batch, lm.device, batch, NEW_TOKENS)
+                rows, seconds = rows + gens, seconds + took
+            answers[size], tps[size] = [g.tokens for g in rows], sum(len(g.tokens) for g in rows) / seconds
+        agree = {n: sum(a == b for a, b in zip(answers[n], answers[1])) for n in BATCH_SIZES[1:]}
+        exact = not cuda and lm.model.dtype == torch.float32
+        status = "ok" if all(v == len(ragged) for v in agree.values()) else ("FAIL" if exact else "info")
+        report.add(status, f"{label} batches: aggregate TPS "
+                   + ", ".join(f"{tps[n]:.1f} at {n}" for n in BATCH_SIZES)
+                   + f" ({tps[BATCH_SIZES[-1]] / tps[1]:.1f}x at {BATCH_SIZES[-1]}); rows equal to batch 1: "
+                   + ", ".join(f"{agree[n]}/{len(ragged)} at {n}" for n in agree)
+                   + ("" if exact else " (bf16: kernels differ by shape)"))
