@@ -99,7 +99,6 @@ class D2FDecoder(Decoder):
         the batch (cache rows included), so a finished row costs nothing after it finishes."""
         lm, p = self.lm, self.p
         max_blocks = max_new_tokens // p.block_size  # the reference's cap: floor, so a block size need not divide
-        B, mask_id, pad = p.block_size, lm.mask_id, pad_token(lm)
         rows = [Row(i, list(q), [Block(0, len(q), 0, state="to_cache", full=True)], len(q))  # the prompt: complete,
                 for i, q in enumerate(prompts)]  # cached by the first forward
         stops = stops or [()] * len(rows)
@@ -109,54 +108,30 @@ class D2FDecoder(Decoder):
         done: list[Generation | None] = [None] * len(rows)
         slots = 0
         for step in range(MAX_STEPS):
-            finished = []
-            for k, row in enumerate(rows):
-                blocks = row.blocks
-                if len(blocks) - 1 < max_blocks and not row.eos_seen and blocks[-1].decoded_fraction() >= p.tau_add:
-                    blocks.append(Block(len(row.canvas), len(row.canvas) + B, B))
-                    row.canvas += [mask_id] * B
-                for prev, nxt in zip(blocks, blocks[1:]):
-                    nxt.full |= prev.decoded_fraction() >= p.tau_act
-                if not any(b.state == "active" and b.masks for b in blocks):
-                    finished.append(k)
-            if finished:  # final rows leave the batch
-                for k in finished:
-                    row = rows[k]
+            live = [self.schedule(row, max_blocks) for row in rows]
+            if not all(live):  # final rows leave the batch
+                for row in (r for r, on in zip(rows, live) if not on):
                     done[row.index] = self.finish(row.canvas[row.prompt_len:], stops[row.index], row.forwards,
                                                   row.positions, row.trace, step)
-                keep = [k for k in range(len(rows)) if k not in finished]
-                rows, kv_valid = [rows[k] for k in keep], kv_valid[keep]
-                if not rows:
+                keep = [k for k, on in enumerate(live) if on]
+                if not keep:
                     break
+                rows, kv_valid = [rows[k] for k in keep], kv_valid[keep]
                 index = torch.tensor(keep, device=lm.device)
                 carry = None if carry is None else carry[index]
                 if cache is not None:
                     cache.batch_select_indices(index)
 
-            # One forward over every row's uncached window: [rows, U] against cache + query.
-            windows = [row.canvas[row.cached:] for row in rows]
-            ids, q_valid = right_padded(windows, pad, lm.device)
-            U = ids.shape[1]
-            offsets = torch.arange(U, device=lm.device)
-            starts = torch.tensor([row.cached for row in rows], device=lm.device)[:, None]
-            prompt_lens = torch.tensor([row.prompt_len for row in rows], device=lm.device)[:, None]
-            logical = starts + offsets
-            q_block = torch.where(logical < prompt_lens, 0, 1 + (logical - prompt_lens) // B).masked_fill(~q_valid, -1)
-            k_block = q_block.masked_fill(~q_valid, MAX_STEPS * B)  # a pad key is in no query's past
-            window = with_own_slot(k_block[:, None, :] <= q_block[:, :, None])
-            attend = torch.cat([kv_valid[:, None, :].expand(-1, U, -1), window], -1)
-            hidden = hidden_states(lm.model, ids, additive(attend, self.mask_dtype), cache,
-                                   positions=logical.masked_fill(~q_valid, 0))
-            slots += ids.numel()
-            for row, w in zip(rows, windows):
-                row.forwards, row.positions = row.forwards + 1, row.positions + len(w)
+            hidden = self.forward(rows, kv_valid, cache)
+            slots += hidden.shape[0] * hidden.shape[1]
 
             # Predictions for the masked positions of active blocks only (position t from hidden t - shift; column 0
             # of src is the carry, the position before each row's window).
             actives = [[b for b in row.blocks if b.state == "active" and b.masks] for row in rows]
-            targets = [[t for b in active for t in range(b.start, b.end) if row.canvas[t] == mask_id]
+            targets = [[t for b in active for t in range(b.start, b.end) if row.canvas[t] == lm.mask_id]
                        for row, active in zip(rows, actives)]
             src = torch.cat([hidden[:, :1] if carry is None else carry, hidden], 1)
+            U = hidden.shape[1]
             flat = [k * (U + 1) + t - lm.shift - row.cached + 1
                     for k, (row, ts) in enumerate(zip(rows, targets)) for t in ts]
             conf, x0 = probabilities(lm_head(lm.model, src.flatten(0, 1)[torch.tensor(flat, device=lm.device)]),
@@ -164,46 +139,86 @@ class D2FDecoder(Decoder):
             passed = (conf > p.tau_conf).tolist()  # in conf's dtype, as the reference compares (bf16 on a GPU)
             x0 = x0.tolist()
 
-            if cache is not None:  # keep the K/V of to_cache blocks only; everything else is recomputed next step
-                kept = [max((b.end for b in row.blocks if b.state == "to_cache"), default=row.cached) - row.cached
-                        for row in rows]
-                longest = max(kept)
-                if longest < U:
-                    cache.crop(longest - U)
-                new = offsets[None, :longest] < torch.tensor(kept, device=lm.device)[:, None]
-                kv_valid = torch.cat([kv_valid, new], -1)  # a row keeping fewer than `longest` leaves holes
-                if lm.shift and longest:
-                    last = torch.tensor([max(n, 1) for n in kept], device=lm.device) - 1
-                    moved = torch.tensor(kept, device=lm.device)[:, None, None] > 0
-                    fresh = hidden[torch.arange(len(rows), device=lm.device), last][:, None]
-                    carry = fresh if carry is None else torch.where(moved, fresh, carry)
-                for row, n in zip(rows, kept):
-                    row.cached += n
-                    for b in row.blocks:
-                        b.state = "in_cache" if b.state == "to_cache" else b.state
-
-            i, flat_targets = 0, [t for ts in targets for t in ts]
-            for row, active in zip(rows, actives):
-                for b in active:
-                    n = b.masks
-                    cand, pos, ok = x0[i:i + n], flat_targets[i:i + n], passed[i:i + n]
-                    chosen = [j for j in range(n) if ok[j]]
-                    if not chosen and b.full:
-                        chosen = [int(conf[i:i + n].argmax())]  # the first of equal maxima, as max() over a list
-                    i += n
-                    for j in chosen:
-                        row.canvas[pos[j]] = cand[j]
-                        row.trace.append((row.forwards - 1, pos[j] - row.prompt_len, (b.start - row.prompt_len) // B))
-                        row.eos_seen |= cand[j] == lm.eos_id
-                    b.masks -= len(chosen)
-
-                for b in row.blocks[1:]:  # finished blocks queue for the cache, in order
-                    if b.state != "active":
-                        continue
-                    if b.masks:
-                        break
-                    b.state = "to_cache"
+            if cache is not None:
+                kv_valid, carry = self.keep_finished(rows, hidden, cache, kv_valid, carry)
+            i = 0
+            for row, active, ts in zip(rows, actives, targets):
+                self.commit(row, active, ts, x0[i:i + len(ts)], conf[i:i + len(ts)], passed[i:i + len(ts)])
+                i += len(ts)
         for row in done:
             row.slots = slots
         return done
+
+    def schedule(self, row: Row, max_blocks: int) -> bool:
+        """Steps 1 and 2 for one row: add a block, activate; False once the row has no active block (final)."""
+        p, blocks = self.p, row.blocks
+        if len(blocks) - 1 < max_blocks and not row.eos_seen and blocks[-1].decoded_fraction() >= p.tau_add:
+            blocks.append(Block(len(row.canvas), len(row.canvas) + p.block_size, p.block_size))
+            row.canvas += [self.lm.mask_id] * p.block_size
+        for prev, nxt in zip(blocks, blocks[1:]):
+            nxt.full |= prev.decoded_fraction() >= p.tau_act
+        return any(b.state == "active" and b.masks for b in blocks)
+
+    def forward(self, rows: list[Row], kv_valid: torch.Tensor, cache) -> torch.Tensor:
+        """Step 3: one forward over every row's uncached window, [rows, U] against cache + query; hidden [rows, U, H].
+        Inside the query the mask is block-causal by each row's own blocks; pad slots see only themselves."""
+        lm, B = self.lm, self.p.block_size
+        windows = [row.canvas[row.cached:] for row in rows]
+        ids, q_valid = right_padded(windows, pad_token(lm), lm.device)
+        U = ids.shape[1]
+        starts = torch.tensor([row.cached for row in rows], device=lm.device)[:, None]
+        prompt_lens = torch.tensor([row.prompt_len for row in rows], device=lm.device)[:, None]
+        logical = starts + torch.arange(U, device=lm.device)
+        q_block = torch.where(logical < prompt_lens, 0, 1 + (logical - prompt_lens) // B).masked_fill(~q_valid, -1)
+        k_block = q_block.masked_fill(~q_valid, MAX_STEPS * B)  # a pad key is in no query's past
+        window = with_own_slot(k_block[:, None, :] <= q_block[:, :, None])
+        attend = torch.cat([kv_valid[:, None, :].expand(-1, U, -1), window], -1)
+        for row, w in zip(rows, windows):
+            row.forwards, row.positions = row.forwards + 1, row.positions + len(w)
+        return hidden_states(lm.model, ids, additive(attend, self.mask_dtype), cache,
+                             positions=logical.masked_fill(~q_valid, 0))
+
+    def keep_finished(self, rows: list[Row], hidden: torch.Tensor, cache, kv_valid: torch.Tensor, carry):
+        """Step 5's cache half: each row keeps the K/V of its to_cache blocks (a prefix of its window), the cache
+        keeps the step's longest such prefix, and the slots a row did not keep are holes (False in `kv_valid`).
+        Returns the new `kv_valid` and carry."""
+        device, U = hidden.device, hidden.shape[1]
+        kept = [max((b.end for b in row.blocks if b.state == "to_cache"), default=row.cached) - row.cached
+                for row in rows]
+        longest = max(kept)
+        if longest < U:
+            cache.crop(longest - U)
+        counts = torch.tensor(kept, device=device)
+        kv_valid = torch.cat([kv_valid, torch.arange(longest, device=device)[None, :] < counts[:, None]], -1)
+        if self.lm.shift and longest:
+            fresh = hidden[torch.arange(len(rows), device=device), (counts - 1).clamp(min=0)][:, None]
+            carry = fresh if carry is None else torch.where(counts[:, None, None] > 0, fresh, carry)
+        for row, n in zip(rows, kept):
+            row.cached += n
+            for b in row.blocks:
+                b.state = "in_cache" if b.state == "to_cache" else b.state
+        return kv_valid, carry
+
+    def commit(self, row: Row, active: list[Block], targets: list[int], x0: list[int], conf: torch.Tensor,
+               passed: list[bool]) -> None:
+        """Step 4 for one row, then step 5's queue: in each active block commit the masked positions above tau_conf,
+        or a fully activated block's top-1; finished blocks become to_cache in order."""
+        i, B = 0, self.p.block_size
+        for b in active:
+            n = b.masks
+            chosen = [j for j in range(i, i + n) if passed[j]]
+            if not chosen and b.full:
+                chosen = [i + int(conf[i:i + n].argmax())]  # the first of equal maxima, as max() over a list
+            for j in chosen:
+                row.canvas[targets[j]] = x0[j]
+                row.trace.append((row.forwards - 1, targets[j] - row.prompt_len, (b.start - row.prompt_len) // B))
+                row.eos_seen |= x0[j] == self.lm.eos_id
+            b.masks -= len(chosen)
+            i += n
+        for b in row.blocks[1:]:
+            if b.state != "active":
+                continue
+            if b.masks:
+                break
+            b.state = "to_cache"
 
