@@ -65,18 +65,19 @@ class ARDecoder(Decoder):
         ids, valid = right_padded(prompts, pad_token(lm), lm.device)  # prefill: [n, width]
         width, static = ids.shape[1], self.p.cache == "static"
         cache = self._cache(n, width + max_new_tokens)
-        slots = self._static_len if static else width + max_new_tokens  # a static cache's mask covers all of it
-        kv_valid = torch.cat([valid, valid.new_zeros(n, slots - width)], -1)
+        key_slots = self._static_len if static else width + max_new_tokens  # a static cache's mask covers all of it
+        kv_valid = torch.cat([valid, valid.new_zeros(n, key_slots - width)], -1)
         positions = torch.arange(width, device=lm.device).expand(n, -1).masked_fill(~valid, 0)
         last = torch.tensor([len(q) - 1 for q in prompts], device=lm.device)  # each row's prediction column
         batch, outs, done, slots = list(range(n)), [[] for _ in range(n)], [None] * n, 0
         for step in range(max_new_tokens):
-            slot = 0 if step == 0 else width + step - 1  # the query's first physical slot
-            keys = kv_valid if static else kv_valid[:, :slot + ids.shape[1]]
-            attend = additive(causal_in(keys, slot, ids.shape[1]), self.mask_dtype)
+            if step == 0:  # the prefill: causal over each row's own prompt
+                attend = prefill_mask(kv_valid if static else valid, width)
+            else:  # one slot per row, the newest: it sees every valid slot so far (a static cache's later are not)
+                attend = (kv_valid if static else kv_valid[:, :width + step])[:, None, :]
             forward = body if step == 0 else self._step  # the prefill's shape varies: never compiled
-            hidden = forward(input_ids=ids, attention_mask=attend, position_ids=positions, cache=cache,
-                             use_cache=True).last_hidden_state
+            hidden = forward(input_ids=ids, attention_mask=additive(attend, self.mask_dtype), position_ids=positions,
+                             cache=cache, use_cache=True).last_hidden_state
             slots += ids.numel()
             tokens = lm_head(lm.model, hidden[torch.arange(len(batch), device=lm.device), last]).argmax(-1).tolist()
             for r, token in zip(batch, tokens):
@@ -103,9 +104,9 @@ class ARDecoder(Decoder):
         return done
 
 
-def causal_in(kv_valid: torch.Tensor, slot: int, q: int) -> torch.Tensor:
-    """bool [B, q, K] for a query in physical slots slot..slot+q-1: each sees the valid slots up to its own, and its
-    own slot even when that is a pad (an all-blocked row is NaN under SDPA)."""
+def prefill_mask(kv_valid: torch.Tensor, q: int) -> torch.Tensor:
+    """bool [B, q, K] for the prefill, the first q slots of K: each query sees the valid slots up to its own, and
+    its own slot even when that is a pad (an all-blocked row is NaN under SDPA)."""
     key = torch.arange(kv_valid.shape[1], device=kv_valid.device)[None, :]
-    query = torch.arange(slot, slot + q, device=kv_valid.device)[:, None]
+    query = torch.arange(q, device=kv_valid.device)[:, None]
     return (key <= query) & kv_valid[:, None, :] | (key == query)
