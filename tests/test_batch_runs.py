@@ -124,3 +124,13 @@ def test_overhead_reports_tps_per_batch_size_and_the_share_outside_forwards(mode
     assert [r["batch_size"] for r in rows] == [1, 4] and rows[0]["tps_vs_batch_1"] == 1
     assert all(0 < r["outside_forwards"] < 1 and r["tokens"] > 0 for r in rows)
     assert "outside model forwards" in capsys.readouterr().out
+
+
+def test_the_ab_asks_only_for_batch_one_cells(model_dirs, data_dir, tmp_path):
+    """The A/B times one problem at a time: a reference's batch cells are the batch check's, never 'missing'."""
+    from d2f_core.report.regress import ab_checks, load_summary
+
+    _summary(tmp_path, model_dirs, data_dir)
+    ref = load_summary(tmp_path / "summary.csv")
+    missing = [c.cell for c in ab_checks({"cells": {}, "new": []}, ref, ref, 0.1) if c.verdict == "REGRESSION"]
+    assert missing == [c for c in ref.index if "batch_size" not in c] and len(missing) == 1

@@ -178,7 +178,7 @@ def ab_checks(ab: dict, ref: pd.DataFrame, now: pd.DataFrame, speed_tolerance: f
     checks = [Check(cell, "A/B", None, None, "new", "not in the reference: its commit was not asked to run it")
               for cell in ab["new"]]
     table = ref["in_table"].astype(str) != "False" if "in_table" in ref else pd.Series(True, index=ref.index)
-    for cell in ref.index[(ref["status"] == "ok") & table]:
+    for cell in ref.index[(ref["status"] == "ok") & table & (batch_sizes(ref) == 1)]:  # batches: batch_checks
         if cell not in now.index:
             continue  # failed as missing from the run
         a = ab["cells"].get(cell)
