@@ -67,19 +67,21 @@ class ARDecoder(Decoder):
         cache = self._cache(n, width + max_new_tokens)
         key_slots = self._static_len if static else width + max_new_tokens  # a static cache's mask covers all of it
         kv_valid = torch.cat([valid, valid.new_zeros(n, key_slots - width)], -1)
+        kv_mask = additive(kv_valid[:, None, :], self.mask_dtype)[:, 0]  # [n, 1, slots]: a decode step slices it
         positions = torch.arange(width, device=lm.device).expand(n, -1).masked_fill(~valid, 0)
-        last = torch.tensor([len(q) - 1 for q in prompts], device=lm.device)  # each row's prediction column
+        lengths = torch.tensor([[len(q)] for q in prompts], device=lm.device)
         batch, outs, done, slots = list(range(n)), [[] for _ in range(n)], [None] * n, 0
         for step in range(max_new_tokens):
             if step == 0:  # the prefill: causal over each row's own prompt
-                attend = prefill_mask(kv_valid if static else valid, width)
+                attend = additive(prefill_mask(kv_valid if static else valid, width), self.mask_dtype)
             else:  # one slot per row, the newest: it sees every valid slot so far (a static cache's later are not)
-                attend = (kv_valid if static else kv_valid[:, :width + step])[:, None, :]
+                attend = (kv_mask if static else kv_mask[..., :width + step])[:, None]
             forward = body if step == 0 else self._step  # the prefill's shape varies: never compiled
-            hidden = forward(input_ids=ids, attention_mask=additive(attend, self.mask_dtype), position_ids=positions,
-                             cache=cache, use_cache=True).last_hidden_state
+            hidden = forward(input_ids=ids, attention_mask=attend, position_ids=positions, cache=cache,
+                             use_cache=True).last_hidden_state
             slots += ids.numel()
-            tokens = lm_head(lm.model, hidden[torch.arange(len(batch), device=lm.device), last]).argmax(-1).tolist()
+            last = hidden[torch.arange(len(batch), device=lm.device), lengths[:, 0] - 1] if step == 0 else hidden[:, -1]
+            tokens = lm_head(lm.model, last).argmax(-1).tolist()
             for r, token in zip(batch, tokens):
                 if done[r] is None:
                     outs[r].append(token)
@@ -90,15 +92,14 @@ class ARDecoder(Decoder):
                                               [(i, i, 0) for i in range(k)], step + 1)
             if all(done[r] is not None for r in batch):
                 break
-            if not static:  # final rows leave the batch
+            if not static and any(done[r] is not None for r in batch):  # final rows leave the batch
                 keep = [k for k, r in enumerate(batch) if done[r] is None]
                 index = torch.tensor(keep, device=lm.device)
                 cache.batch_select_indices(index)
-                batch, kv_valid = [batch[k] for k in keep], kv_valid[index]
-            kv_valid[:, width + step] = True
+                batch, kv_mask, lengths = [batch[k] for k in keep], kv_mask[index], lengths[index]
+            kv_mask[..., width + step] = 0  # the slot this step's token goes to
             ids = torch.tensor([[outs[r][-1] if done[r] is None else self.pad] for r in batch], device=lm.device)
-            positions = torch.tensor([[len(prompts[r]) + step] for r in batch], device=lm.device)
-            last = torch.zeros(len(batch), dtype=torch.long, device=lm.device)
+            positions = lengths + step
         for row in done:
             row.slots = slots
         return done

@@ -90,12 +90,12 @@ class FastDLLMDecoder(Decoder):
             self.commit(x, lo, hi, src, 0, b, everyone, first_only=lm.family == "dream")
             carry = src[:, lo - 1: lo]  # predicts position lo when logits are shifted (Dream)
             live = self.masked_rows(x, lo, hi) if p.skip_done else everyone  # the official loop: a cached forward
+            end = total if p.cache == "prefix" else hi
+            keys = torch.ones(n, cache.get_seq_length() + end - lo, dtype=torch.bool, device=x.device)
+            keys[:, :lo] = valid[:, :lo]  # the prompt's pads; everything from the canvas on is real
+            attend = additive(keys[:, None, :].expand(-1, end - lo, -1), self.mask_dtype)  # the block's forwards'
             while live.any():  # first, then the test
-                end = total if p.cache == "prefix" else hi
-                keys = torch.ones(n, cache.get_seq_length() + end - lo, dtype=torch.bool, device=x.device)
-                keys[:, :lo] = valid[:, :lo]  # the prompt's pads; everything from the canvas on is real
-                hidden = hidden_states(lm.model, x[:, lo:end], additive(keys[:, None, :].expand(-1, end - lo, -1),
-                                       self.mask_dtype), cache, positions=positions[:, lo:end])
+                hidden = hidden_states(lm.model, x[:, lo:end], attend, cache, positions=positions[:, lo:end])
                 cache.crop(lo - end)  # the query's K/V are not kept: the cache stays as refreshed
                 self.run.forward(live, end - lo, x.shape[0] * (end - lo))
                 live = self.commit(x, lo, hi, torch.cat([carry, hidden], 1), lo - 1, b, live)

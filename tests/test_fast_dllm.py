@@ -81,3 +81,29 @@ def test_dual_cache_matches_full_forward_on_the_refresh_canvas(models, prompts):
     keep_positions(cache, lo, hi)
     step = hidden_states(lm.model, x[None, lo:hi], bidirectional(4, total), cache, start=lo)
     assert (step - full[:, lo:hi]).abs().max() < 1e-5
+
+
+def test_batched_rules_equal_the_per_row_definition_on_random_rows():
+    """Each row of [B, n] (-inf: not masked) picks what the one-row rules of the official code pick on its masked
+    positions alone: ties, a row with one mask, a row with none."""
+    def factor_one(conf, factor):  # get_transfer_index_dynamic on one row's masked confidences
+        order = sorted(range(len(conf)), key=lambda i: -conf[i])
+        below = [n for n in range(1, len(conf)) if conf[order[n]] < 1 - factor / (n + 2)]
+        stop = below[0] if below else len(conf) - 1
+        return sorted(order[: stop + 1 if stop in (0, len(conf) - 1) else stop])
+
+    def threshold_one(conf, threshold):
+        top = max(range(len(conf)), key=lambda i: (conf[i], -i))
+        return sorted({top} | {i for i, c in enumerate(conf) if c >= threshold})
+
+    g = torch.Generator().manual_seed(0)
+    conf = torch.rand(64, 8, generator=g, dtype=torch.float64).round(decimals=1)  # many ties
+    conf[torch.rand(64, 8, generator=g) < 0.4] = -torch.inf
+    conf[0], conf[1, 1:] = -torch.inf, -torch.inf
+    for rule, one, value in ((commit_factor, factor_one, 1.0), (commit_factor, factor_one, 0.3),
+                             (commit_threshold, threshold_one, 0.7)):
+        picks = rule(conf, value)
+        for row, pick in zip(conf.tolist(), picks):
+            masked = [i for i, c in enumerate(row) if c > -float("inf")]
+            expected = [masked[i] for i in one([row[i] for i in masked], value)] if masked else []
+            assert pick.nonzero().flatten().tolist() == expected, (rule.__name__, row)

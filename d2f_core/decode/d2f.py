@@ -23,10 +23,9 @@ import torch
 from transformers import DynamicCache
 
 from d2f_core.decode.base import Decoder, Generation, param, register_decoder
-from d2f_core.decode.primitives import (check_diffusion_model, pad_token, probabilities, right_padded, softmax_dtype,
-                                        with_own_slot)
+from d2f_core.decode.primitives import check_diffusion_model, pad_token, probabilities, softmax_dtype
 from d2f_core.model.forward import backbone, hidden_states, lm_head
-from d2f_core.model.masks import additive
+from d2f_core.model.masks import additive, block_causal
 
 MAX_STEPS = 10_000  # the reference implementation's safety limit
 
@@ -59,6 +58,7 @@ class Row:
     canvas: list[int]
     blocks: list[Block]
     prompt_len: int
+    attend: torch.Tensor  # additive block-causal mask over the row's logical positions, built once
     cached: int = 0  # logical positions whose K/V are in the cache
     eos_seen: bool = False
     forwards: int = 0
@@ -94,16 +94,17 @@ class D2FDecoder(Decoder):
         row's window right-padded to the longest, at explicit logical position ids; pad slots are never attended
         (each pad query sees only itself, its output is discarded). The cache grows by the same number of slots in
         every row: after a step each row keeps the K/V of its to_cache positions (a prefix of its window) and the
-        slots up to the step's longest such prefix stay in the cache as masked holes (`kv_valid`), so positions
+        slots up to the step's longest such prefix stay in the cache as masked holes (`kv_mask`), so positions
         never come from physical cache indices. A row is final when it has no active block left: it is dropped from
         the batch (cache rows included), so a finished row costs nothing after it finishes."""
         lm, p = self.lm, self.p
         max_blocks = max_new_tokens // p.block_size  # the reference's cap: floor, so a block size need not divide
-        rows = [Row(i, list(q), [Block(0, len(q), 0, state="to_cache", full=True)], len(q))  # the prompt: complete,
-                for i, q in enumerate(prompts)]  # cached by the first forward
+        rows = [Row(i, list(q), [Block(0, len(q), 0, state="to_cache", full=True)], len(q),  # the prompt: complete,
+                    additive(block_causal(len(q), len(q) + max_new_tokens, p.block_size).to(lm.device),  # cached by
+                             self.mask_dtype)[0, 0]) for i, q in enumerate(prompts)]  # the first forward
         stops = stops or [()] * len(rows)
         cache = self.empty_cache(len(rows)) if p.cache else None
-        kv_valid = torch.ones(len(rows), 0, dtype=torch.bool, device=lm.device)  # False: a hole in that row
+        kv_mask = torch.zeros(len(rows), 0, dtype=self.mask_dtype, device=lm.device)  # additive: holes are blocked
         carry = None  # [rows, 1, H]: hidden state of each row's last cached position (predicts the next; shift 1)
         done: list[Generation | None] = [None] * len(rows)
         slots = 0
@@ -116,31 +117,30 @@ class D2FDecoder(Decoder):
                 keep = [k for k, on in enumerate(live) if on]
                 if not keep:
                     break
-                rows, kv_valid = [rows[k] for k in keep], kv_valid[keep]
+                rows, kv_mask = [rows[k] for k in keep], kv_mask[keep]
                 index = torch.tensor(keep, device=lm.device)
                 carry = None if carry is None else carry[index]
                 if cache is not None:
                     cache.batch_select_indices(index)
 
-            hidden = self.forward(rows, kv_valid, cache)
+            hidden = self.forward(rows, kv_mask, cache)
             slots += hidden.shape[0] * hidden.shape[1]
 
-            # Predictions for the masked positions of active blocks only (position t from hidden t - shift; column 0
-            # of src is the carry, the position before each row's window).
+            # Predictions for the masked positions of active blocks only (position t from hidden t - shift; with a
+            # carry, column 0 of src is the position before each row's window).
             actives = [[b for b in row.blocks if b.state == "active" and b.masks] for row in rows]
             targets = [[t for b in active for t in range(b.start, b.end) if row.canvas[t] == lm.mask_id]
                        for row, active in zip(rows, actives)]
-            src = torch.cat([hidden[:, :1] if carry is None else carry, hidden], 1)
-            U = hidden.shape[1]
-            flat = [k * (U + 1) + t - lm.shift - row.cached + 1
-                    for k, (row, ts) in enumerate(zip(rows, targets)) for t in ts]
+            src = hidden if carry is None else torch.cat([carry, hidden], 1)
+            width, first = src.shape[1], lm.shift - (carry is not None)  # src column of position t: t - cached - first
+            flat = [k * width + t - row.cached - first for k, (row, ts) in enumerate(zip(rows, targets)) for t in ts]
             conf, x0 = probabilities(lm_head(lm.model, src.flatten(0, 1)[torch.tensor(flat, device=lm.device)]),
                                      self.dtype).max(dim=-1)
             passed = (conf > p.tau_conf).tolist()  # in conf's dtype, as the reference compares (bf16 on a GPU)
             x0 = x0.tolist()
 
             if cache is not None:
-                kv_valid, carry = self.keep_finished(rows, hidden, cache, kv_valid, carry)
+                kv_mask, carry = self.keep_finished(rows, hidden, cache, kv_mask, carry)
             i = 0
             for row, active, ts in zip(rows, actives, targets):
                 self.commit(row, active, ts, x0[i:i + len(ts)], conf[i:i + len(ts)], passed[i:i + len(ts)])
@@ -159,45 +159,51 @@ class D2FDecoder(Decoder):
             nxt.full |= prev.decoded_fraction() >= p.tau_act
         return any(b.state == "active" and b.masks for b in blocks)
 
-    def forward(self, rows: list[Row], kv_valid: torch.Tensor, cache) -> torch.Tensor:
+    def forward(self, rows: list[Row], kv_mask: torch.Tensor, cache) -> torch.Tensor:
         """Step 3: one forward over every row's uncached window, [rows, U] against cache + query; hidden [rows, U, H].
-        Inside the query the mask is block-causal by each row's own blocks; pad slots see only themselves."""
-        lm, B = self.lm, self.p.block_size
+        Inside the query each row's mask is its own block-causal one (a slice of `Row.attend`); a pad slot sees only
+        itself."""
+        lm = self.lm
         windows = [row.canvas[row.cached:] for row in rows]
-        ids, q_valid = right_padded(windows, pad_token(lm), lm.device)
-        U = ids.shape[1]
-        starts = torch.tensor([row.cached for row in rows], device=lm.device)[:, None]
-        prompt_lens = torch.tensor([row.prompt_len for row in rows], device=lm.device)[:, None]
-        logical = starts + torch.arange(U, device=lm.device)
-        q_block = torch.where(logical < prompt_lens, 0, 1 + (logical - prompt_lens) // B).masked_fill(~q_valid, -1)
-        k_block = q_block.masked_fill(~q_valid, MAX_STEPS * B)  # a pad key is in no query's past
-        window = with_own_slot(k_block[:, None, :] <= q_block[:, :, None])
-        attend = torch.cat([kv_valid[:, None, :].expand(-1, U, -1), window], -1)
+        U = max(map(len, windows))
+        ids = torch.tensor([w + [pad_token(lm)] * (U - len(w)) for w in windows], device=lm.device)
+        positions = torch.tensor([range(row.cached, row.cached + U) for row in rows], device=lm.device)  # logical
+        if all(len(w) == U for w in windows):
+            window = torch.stack([row.attend[row.cached:len(row.canvas), row.cached:len(row.canvas)] for row in rows])
+        else:
+            window = torch.full((len(rows), U, U), torch.finfo(self.mask_dtype).min, dtype=self.mask_dtype,
+                                device=lm.device)
+            window.diagonal(dim1=1, dim2=2).zero_()  # each slot sees itself: a pad query its only key
+            for k, (row, w) in enumerate(zip(rows, windows)):
+                window[k, :len(w), :len(w)] = row.attend[row.cached:len(row.canvas), row.cached:len(row.canvas)]
+        attend = torch.cat([kv_mask[:, None, :].expand(-1, U, -1), window], -1)[:, None]
         for row, w in zip(rows, windows):
             row.forwards, row.positions = row.forwards + 1, row.positions + len(w)
-        return hidden_states(lm.model, ids, additive(attend, self.mask_dtype), cache,
-                             positions=logical.masked_fill(~q_valid, 0))
+        return hidden_states(lm.model, ids, attend, cache, positions=positions)
 
-    def keep_finished(self, rows: list[Row], hidden: torch.Tensor, cache, kv_valid: torch.Tensor, carry):
+    def keep_finished(self, rows: list[Row], hidden: torch.Tensor, cache, kv_mask: torch.Tensor, carry):
         """Step 5's cache half: each row keeps the K/V of its to_cache blocks (a prefix of its window), the cache
-        keeps the step's longest such prefix, and the slots a row did not keep are holes (False in `kv_valid`).
-        Returns the new `kv_valid` and carry."""
-        device, U = hidden.device, hidden.shape[1]
+        keeps the step's longest such prefix, and the slots a row did not keep are holes (blocked in `kv_mask`).
+        Returns the new `kv_mask` and carry."""
+        U = hidden.shape[1]
         kept = [max((b.end for b in row.blocks if b.state == "to_cache"), default=row.cached) - row.cached
                 for row in rows]
         longest = max(kept)
         if longest < U:
             cache.crop(longest - U)
-        counts = torch.tensor(kept, device=device)
-        kv_valid = torch.cat([kv_valid, torch.arange(longest, device=device)[None, :] < counts[:, None]], -1)
-        if self.lm.shift and longest:
-            fresh = hidden[torch.arange(len(rows), device=device), (counts - 1).clamp(min=0)][:, None]
-            carry = fresh if carry is None else torch.where(counts[:, None, None] > 0, fresh, carry)
+        if longest:
+            piece = torch.zeros(len(rows), longest, dtype=kv_mask.dtype, device=kv_mask.device)
+            for k, n in enumerate(kept):
+                piece[k, n:] = torch.finfo(kv_mask.dtype).min  # a hole: this row kept fewer
+            kv_mask = torch.cat([kv_mask, piece], -1)
+            if self.lm.shift:  # the hidden state of each row's new last cached position
+                fresh = torch.stack([hidden[k, n - 1] if n else carry[k, 0] for k, n in enumerate(kept)])[:, None]
+                carry = fresh
         for row, n in zip(rows, kept):
             row.cached += n
             for b in row.blocks:
                 b.state = "in_cache" if b.state == "to_cache" else b.state
-        return kv_valid, carry
+        return kv_mask, carry
 
     def commit(self, row: Row, active: list[Block], targets: list[int], x0: list[int], conf: torch.Tensor,
                passed: list[bool]) -> None:

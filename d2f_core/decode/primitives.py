@@ -3,6 +3,8 @@ positions, key masks), confidences, the LLaDA transfer schedule, parallel commit
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 CONFIDENCES = ("low_confidence", "maskgit_plus", "entropy", "topk_margin", "random")
@@ -117,13 +119,16 @@ def commit_factor(conf: torch.Tensor, factor: float) -> torch.Tensor:
     Walk c_1 >= c_2 >= ... over the row's m masked positions and stop at the first n > 1 with c_n < 1 - factor /
     (n + 1) (thresholds cast to conf's dtype); commit the n - 1 before it. Its quirk is kept: a stop at the last
     position, or none, commits all."""
-    n = conf.shape[-1]
-    masked = (conf > -torch.inf).sum(-1, keepdim=True)  # m per row; -inf sorts last, after every masked position
     ranked, order = conf.sort(dim=-1, descending=True, stable=True)
-    thresholds = torch.tensor([-1.0] + [1 - factor / (k + 1) for k in range(2, n + 1)], dtype=conf.dtype,
-                              device=conf.device)
-    rank = torch.arange(n, device=conf.device)
-    below = (ranked < thresholds) & (rank < masked)
-    stop = torch.where(below.any(-1, keepdim=True), below.int().argmax(-1, keepdim=True), masked - 1)
-    count = torch.where((stop == 0) | (stop == masked - 1), stop + 1, stop)
-    return torch.zeros_like(below).scatter(-1, order, rank < count) & (masked > 0)
+    thresholds, rank = factor_thresholds(conf.shape[-1], factor, conf.dtype, conf.device)
+    masked = (ranked > -torch.inf).sum(-1, keepdim=True)  # m per row; -inf sorts last, after every masked position
+    stop = torch.where((ranked < thresholds) & (rank < masked), rank, masked - 1).amin(-1, keepdim=True)  # or m - 1
+    count = stop + 1 - ((stop > 0) & (stop < masked - 1)).long()  # n - 1 committed, or all at the quirk's stops
+    return torch.empty_like(ranked, dtype=torch.bool).scatter_(-1, order, rank < count)  # m = 0: count 0, none
+
+@functools.lru_cache(maxsize=64)
+def factor_thresholds(n: int, factor: float, dtype: torch.dtype, device: torch.device):
+    """-1, then 1 - factor / (k + 1) for k = 2..n in `dtype` (the reference casts them to the confidences'), and the
+    ranks 0..n-1; made once per block size, not on every forward."""
+    return (torch.tensor([-1.0] + [1 - factor / (k + 1) for k in range(2, n + 1)], dtype=dtype, device=device),
+            torch.arange(n, device=device))
