@@ -89,7 +89,7 @@ def test_check_config_names_what_snakemake_configfile_cannot(tmp_path, capsys):
         return 0, capsys.readouterr().out
 
     tiny = (REPO / "workflow/config/tiny.yaml").read_text()
-    assert check(tiny) == (0, f"{tmp_path / 'mine.yaml'}: valid (66 cells and sweep points)\n")
+    assert check(tiny) == (0, f"{tmp_path / 'mine.yaml'}: valid (76 cells and sweep points)\n")
     code, out = check("profile: ci\nseed: [0\ngen_length: 32\n")
     assert code == 1 and "mine.yaml, line 3: not valid YAML" in out
     code, out = check(tiny.replace("seed: 0", "seed: zero"))
