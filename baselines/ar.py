@@ -62,7 +62,7 @@ class ARDecoder(Decoder):
         the compiled step), so a final row stays in the batch, fed a pad, its output ignored."""
         lm, tok, n = self.lm, self.lm.tokenizer, len(prompts)
         stops, body = stops or [()] * n, backbone(lm.model).model
-        ids, valid = right_padded(prompts, pad_token(lm), lm.device)  # prefill: [n, width]
+        ids, valid = right_padded(prompts, self.pad, lm.device)  # prefill: [n, width]
         width, static = ids.shape[1], self.p.cache == "static"
         cache = self._cache(n, width + max_new_tokens)
         key_slots = self._static_len if static else width + max_new_tokens  # a static cache's mask covers all of it

@@ -24,8 +24,8 @@ import torch
 from transformers import DynamicCache
 
 from d2f_core.decode.base import Decoder, Generation, param, register_decoder
-from d2f_core.decode.primitives import (check_blocks, check_diffusion_model, commit_factor, commit_threshold,
-                                        left_padded, pad_token, probabilities, softmax_dtype, with_own_slot)
+from d2f_core.decode.primitives import (canvas_mask, check_blocks, check_diffusion_model, commit_factor,
+                                        commit_threshold, left_padded, pad_token, probabilities, softmax_dtype)
 from d2f_core.model.forward import backbone, hidden_states, lm_head
 from d2f_core.model.masks import additive
 
@@ -69,10 +69,11 @@ class FastDLLMDecoder(Decoder):
         lm, p = self.lm, self.p
         n_blocks = check_blocks(max_new_tokens, p.block_size)
         L, B, n = max_new_tokens, p.block_size, len(prompts)
+        stops = stops or [()] * n
         x, valid, positions = left_padded(prompts, pad_token(lm), [lm.mask_id] * L, lm.device)
         total = x.shape[1]
         P = total - L  # the padded prompt width: the canvas starts here in every row
-        full = additive(with_own_slot(valid[:, None, :].expand(-1, total, -1)), self.mask_dtype)
+        full = canvas_mask(valid, self.mask_dtype)
         self.run = Run(n, [len(q) + L for q in prompts])
         done: list[Generation | None] = [None] * n
         for b in range(n_blocks):
@@ -148,7 +149,7 @@ class FastDLLMDecoder(Decoder):
             return
         for r in (~live).nonzero().flatten().tolist():
             if done[r] is None:
-                done[r] = self.finish(x[r, P:].tolist(), (stops or [()] * len(done))[r], self.run.forwards[r],
+                done[r] = self.finish(x[r, P:].tolist(), stops[r], self.run.forwards[r],
                                       self.run.positions[r], self.run.trace[r], self.run.batch_forwards)
 
 

@@ -14,9 +14,8 @@ import torch
 
 from d2f_core.decode.base import Decoder, Generation, param, register_decoder
 from d2f_core.decode.primitives import (CONFIDENCES, check_blocks, check_diffusion_model, greedy_with_confidence,
-                                        left_padded, pad_token, softmax_dtype, transfer_schedule, with_own_slot)
+                                        canvas_mask, left_padded, pad_token, softmax_dtype, transfer_schedule)
 from d2f_core.model.forward import backbone, hidden_states, lm_head
-from d2f_core.model.masks import additive
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class VanillaDecoder(Decoder):
         L, B = max_new_tokens, p.block_size
         x, valid, positions = left_padded(prompts, pad_token(lm), [lm.mask_id] * L, lm.device)
         P = x.shape[1] - L  # the padded prompt width: the canvas starts here in every row
-        attend = additive(with_own_slot(valid[:, None, :].expand(-1, P + L, -1)), backbone(lm.model).dtype)
+        attend = canvas_mask(valid, backbone(lm.model).dtype)
         rngs = [torch.Generator().manual_seed(p.seed) for _ in prompts]
         traces, step = [[] for _ in prompts], 0
         for b in range(n_blocks):

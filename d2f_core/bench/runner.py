@@ -200,13 +200,16 @@ def batches_of_longest(pairs: list[tuple[dict, list[int]]], size: int) -> list[l
 def pending(batches: list[list[int]], ids: list, done: list[dict], partial: Path) -> tuple[list, list[dict]]:
     """The batches still to decode, and the finished rows to keep: those of whole batches (a batch's rows are
     appended together; a kill between two of them leaves a part, which is decoded again)."""
-    finished = {row["id"] for row in done}
-    whole = [batch for batch in batches if all(ids[i] in finished for i in batch)]
-    kept = {ids[i] for batch in whole for i in batch}
+    finished, todo, kept = {row["id"] for row in done}, [], set()
+    for batch in batches:
+        if all(ids[i] in finished for i in batch):
+            kept.update(ids[i] for i in batch)
+        else:
+            todo.append(batch)
     if len(kept) != len(done):
         done = [row for row in done if row["id"] in kept]
         rewrite_jsonl(partial, done)
-    return [batch for batch in batches if batch not in whole], done
+    return todo, done
 
 
 def fingerprint(path: str) -> dict:

@@ -113,4 +113,3 @@ def batches(ok: list[dict]) -> tuple[list[int], list[float], int | None]:
         windows[key], slots[key] = s.get("batch_s", s["latency"]), s.get("batch_slots")
     known = None if None in slots.values() else sum(slots.values())
     return list(tokens.values()), list(windows.values()), known
-

@@ -73,7 +73,7 @@ class D2FDecoder(Decoder):
     def check(self) -> None:
         check_diffusion_model(self)
         self.dtype = softmax_dtype("d2f", self.lm.family)
-        self.mask_dtype = backbone(self.lm.model).dtype
+        self.mask_dtype, self.pad = backbone(self.lm.model).dtype, pad_token(self.lm)
         self.cache = None
 
     def empty_cache(self, rows: int) -> DynamicCache:
@@ -166,7 +166,7 @@ class D2FDecoder(Decoder):
         lm = self.lm
         windows = [row.canvas[row.cached:] for row in rows]
         U = max(map(len, windows))
-        ids = torch.tensor([w + [pad_token(lm)] * (U - len(w)) for w in windows], device=lm.device)
+        ids = torch.tensor([w + [self.pad] * (U - len(w)) for w in windows], device=lm.device)
         positions = torch.tensor([range(row.cached, row.cached + U) for row in rows], device=lm.device)  # logical
         if all(len(w) == U for w in windows):
             window = torch.stack([row.attend[row.cached:len(row.canvas), row.cached:len(row.canvas)] for row in rows])
@@ -197,8 +197,7 @@ class D2FDecoder(Decoder):
                 piece[k, n:] = torch.finfo(kv_mask.dtype).min  # a hole: this row kept fewer
             kv_mask = torch.cat([kv_mask, piece], -1)
             if self.lm.shift:  # the hidden state of each row's new last cached position
-                fresh = torch.stack([hidden[k, n - 1] if n else carry[k, 0] for k, n in enumerate(kept)])[:, None]
-                carry = fresh
+                carry = torch.stack([hidden[k, n - 1] if n else carry[k, 0] for k, n in enumerate(kept)])[:, None]
         for row, n in zip(rows, kept):
             row.cached += n
             for b in row.blocks:
@@ -227,4 +226,3 @@ class D2FDecoder(Decoder):
             if b.masks:
                 break
             b.state = "to_cache"
-

@@ -7,6 +7,8 @@ import functools
 
 import torch
 
+from d2f_core.model.masks import additive
+
 CONFIDENCES = ("low_confidence", "maskgit_plus", "entropy", "topk_margin", "random")
 
 
@@ -67,12 +69,12 @@ def right_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
     return ids, torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows], device=device)
 
 
-def with_own_slot(attend: torch.Tensor) -> torch.Tensor:
-    """attend bool [B, q, k] for a query that is the last q key slots: also let each query see its own slot, so a
-    pad query that may see nothing gets one key (an all-blocked row is NaN under SDPA); its output is discarded."""
-    q, k = attend.shape[-2:]
-    own = torch.arange(k, device=attend.device)[None, :] == torch.arange(k - q, k, device=attend.device)[:, None]
-    return attend | own
+def canvas_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The bidirectional full-canvas mask of a left-padded batch, additive [B, 1, T, T]: every query sees every valid
+    key, and its own slot too, so a pad query gets one key (an all-blocked row is NaN under SDPA); its output is
+    discarded."""
+    own = torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
+    return additive(valid[:, None, :] | own, dtype)
 
 
 def greedy_with_confidence(logits: torch.Tensor, kind: str = "low_confidence",
