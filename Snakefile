@@ -2,6 +2,7 @@
 from snakemake.utils import min_version, validate
 
 from d2f_core.config import check_yaml
+from d2f_core.slurm import guard as guard_slurm
 
 min_version("9.0")
 
@@ -14,6 +15,12 @@ if not workflow.overwrite_configfiles:
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+
+
+# On a Slurm cluster: the status command tried before any job is submitted, failed status queries bounded, no
+# account guessed (d2f_core/slurm.py).
+onstart:
+    guard_slurm(workflow)
 
 
 include: "workflow/rules/common.smk"

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from d2f_core.bench.ab import ReferenceUnrunnable, meta_path, reference_commit
+from d2f_core.bench.environment import CODE
 from d2f_core.bench.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from d2f_core.bench.runner import params_label, parse_params, split_batch
 from d2f_core.report.tables import batch_sizes, reference_cells, single
@@ -374,8 +375,8 @@ def decoded_at(summary: str, now: pd.DataFrame) -> str:
         listed = ", ".join(commits) or "none recorded"
         raise UnusableInput(f"{summary}: cells decoded at {len(commits)} commits ({listed}); a reference names the "
                             f"one commit whose decoders the gate reruns: rerun the profile from one commit")
-    changed = subprocess.run(["git", "diff", "--name-only", commits[0], "--", "d2f_core", "baselines"],
-                             capture_output=True, text=True)
+    changed = subprocess.run(["git", "-C", CODE, "diff", "--name-only", commits[0], "--", ":/d2f_core",
+                              ":/baselines"], capture_output=True, text=True)
     if changed.returncode or changed.stdout.strip():
         raise UnusableInput(f"{summary}: decoded at {commits[0][:12]}, but the code here differs from it "
                             f"({changed.stdout.split() or changed.stderr.strip()}): commit, rerun the profile, "

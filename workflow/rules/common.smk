@@ -170,6 +170,16 @@ def get_cell_dir(wildcards):
     return f"results/{PROFILE}/{wildcards.model}/{wildcards.benchmark}/{wildcards.decoder}/{wildcards.params}"
 
 
+def every_core(wildcards):
+    """The threads of a job that holds its machine: every core given (--cores). A cluster run has no --cores; its
+    profile sets these jobs' threads (set-threads), which replaces this function."""
+    return workflow.cores
+
+
+def get_torch_threads(wildcards, threads):
+    return config.get("speed", {}).get("threads") or threads
+
+
 def get_score_threads(wildcards):
     return workflow.cores if get_benchmark(wildcards.benchmark).runs_code else 1
 
@@ -280,11 +290,10 @@ def get_speed_args(wildcards):
     return " ".join(args)
 
 
-def get_ab_args(wildcards):
-    threads = config.get("speed", {}).get("threads") or workflow.cores
+def get_ab_args(wildcards, threads):
     args = [
         f"--warmup {config['warmup']}",
-        f"--threads {threads}",
+        f"--threads {get_torch_threads(wildcards, threads)}",
         f"--sandbox {config['sandbox']}",
     ]
     if config.get("limit"):

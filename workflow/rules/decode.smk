@@ -14,7 +14,7 @@ rule decode:
         f"logs/{PROFILE}/decode/{{model}}/{{benchmark}}.log",
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: every_core
     params:
         args=get_decode_args,
         cells=get_group_cells,

@@ -12,7 +12,7 @@ rule train_model:
         model=one_of(named("models", "train")),
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: every_core
     params:
         args=get_train_args,
         mix=get_train_mix(),
@@ -32,7 +32,7 @@ rule distill:
         adapter=one_of(named("adapters", "train")),
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: every_core
     params:
         args=get_distill_args,
     shell:
@@ -86,7 +86,7 @@ rule build_model:
         model=one_of(named("models", "build")),
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: every_core
     shell:
         "d2f smollm2 --out $(dirname {output}) > {log} 2>&1 || (cat {log}; exit 1)"
 

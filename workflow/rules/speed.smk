@@ -9,11 +9,11 @@ rule speed:
         f"logs/{PROFILE}/speed/{{benchmark}}.log",
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: every_core
     params:
         group=get_speed_group,
         args=get_speed_args,
-        torch_threads=config.get("speed", {}).get("threads") or workflow.cores,
+        torch_threads=get_torch_threads,
     shell:
         "d2f speed --group {params.group:q} --benchmark {wildcards.benchmark} --data $(dirname {input.data}) "
         "{params.args} --threads {params.torch_threads} --out {output} > {log} 2>&1 || (tail -5 {log}; exit 1)"
@@ -32,7 +32,7 @@ rule ab:
         f"logs/{PROFILE}/ab/{{benchmark}}.log",
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: every_core
     params:
         group=get_speed_group,
         args=get_ab_args,
