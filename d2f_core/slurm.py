@@ -1,13 +1,12 @@
-"""Three traps of snakemake-executor-plugin-slurm (2.x) closed for this workflow's cluster runs (`onstart`).
+"""Two traps of snakemake-executor-plugin-slurm (2.x) closed for this workflow's cluster runs (Snakefile `onstart`).
 
 1. A status command that cannot work (`sacct` where the cluster keeps no accounting database) fails only at debug
    level, and when every query of a status cycle fails the plugin drops the jobs it could not query, so Snakemake
    waits for them forever. Here the command is tried once before any job is submitted (an error naming the fix),
    and the run ends with the command's own error once `slurm-status-attempts` queries in a row have failed.
 2. Without an account the plugin guesses one from `sacct` (and crashes where `sacct` is missing); here no account
-   means none is passed, so `sbatch` uses the cluster's default (or $SBATCH_ACCOUNT).
-3. The rest is the plugin's, unchanged: GPU requests (`gpu`, `gpu_model`) become `--gpus`, accounts given are
-   checked with `sacctmgr`.
+   means none is passed, so `sbatch` uses the cluster's default (or $SBATCH_ACCOUNT). A given account stays the
+   plugin's to check (`sacctmgr`).
 """
 
 from __future__ import annotations
@@ -18,6 +17,9 @@ import subprocess
 from snakemake_interface_common.exceptions import WorkflowError
 
 PROFILE = "workflow/profiles/slurm/config.yaml"
+FIX = (f"Where the cluster keeps no job accounting (sacct: 'accounting storage is disabled'), set "
+       f"`slurm-status-command: squeue` in {PROFILE} (squeue must list finished jobs: MinJobAge at least 3x "
+       f"slurm-init-seconds-before-status-checks); where it does, check `sacct` works for you.")
 
 
 def guard(workflow) -> None:
@@ -32,13 +34,8 @@ def guard(workflow) -> None:
     if failed:
         raise WorkflowError(f"the Slurm status command fails here, so no job could be tracked: `{command}`: "
                             f"{failed}\n{FIX}")
-    plugin.query_job_status = bounded(plugin.query_job_status, command, settings.status_attempts)
+    plugin.query_job_status = bounded(plugin.query_job_status, settings.status_attempts)
     plugin.Executor.get_account_arg = without_guessing(plugin.Executor.get_account_arg)
-
-
-FIX = (f"Where the cluster keeps no job accounting (sacct: 'accounting storage is disabled'), set "
-       f"`slurm-status-command: squeue` in {PROFILE} (squeue must list finished jobs: MinJobAge at least 3x "
-       f"slurm-init-seconds-before-status-checks); where it does, check `sacct` works for you.")
 
 
 def status_command(plugin, settings) -> str:
@@ -63,7 +60,7 @@ def run(command: str) -> str | None:
     return None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
 
 
-def bounded(query, command: str, attempts: int):
+def bounded(query, attempts: int):
     """`query_job_status` that raises (ending the run, the reason shown) at the `attempts`-th failure in a row: the
     plugin would lose its jobs when the cycle's last attempt fails."""
     failures = 0
@@ -81,6 +78,8 @@ def bounded(query, command: str, attempts: int):
 
 
 def without_guessing(get_account_arg):
+    """The plugin's `get_account_arg`, passing no `-A` when the job names no account."""
+
     def account_arg(self, job):
         if not job.resources.get("slurm_account"):
             yield ""

@@ -110,13 +110,14 @@ def restored(path: Path):
             path.write_bytes(before)
 
 
-def start(cmd: list[str], log: Path, stack: ExitStack) -> subprocess.Popen:
-    """A daemon in the foreground, stopped (by its pid) when the stack closes."""
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+def start(cmd: list[str], log: Path, stack: ExitStack, user: str | None = None) -> subprocess.Popen:
+    """A daemon in the foreground, stopped (by its pid) and reaped when the stack closes."""
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                            user=user, group=user, extra_groups=[] if user else None)
 
     def stop():
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # its session: runuser and munged, or the daemon
+            os.killpg(proc.pid, signal.SIGTERM)  # its session: the daemon and anything it forked
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -166,8 +167,7 @@ def one_node_slurm(workdir: Path):
             MUNGE_SOCKET_DIR.mkdir(parents=True)
         shutil.chown(MUNGE_SOCKET_DIR, "munge", "munge")
         MUNGE_SOCKET_DIR.chmod(0o755)  # clients connect to the socket inside
-        procs = [start(["runuser", "-u", "munge", "--", "munged", "-F", "--log-file", str(state / "munged.log")],
-                       state / "munged.out", stack)]
+        procs = [start(["munged", "-F"], state / "munged.out", stack, user="munge")]  # -F: logs to stderr
         wait_for("munged", lambda: subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode
                  == 0, 15, procs, state)
         procs.append(start(["slurmctld", "-D"], state / "slurmctld.out", stack))

@@ -201,7 +201,7 @@ def test_failed_status_queries_end_the_run_at_the_plugins_attempt_count():
 
     from d2f_core.slurm import bounded
 
-    query = bounded(FailingQueries([True, True, False, True, True, True]), "squeue --name x", attempts=3)
+    query = bounded(FailingQueries([True, True, False, True, True, True]), attempts=3)
     for _ in range(5):  # a success in between resets the count
         asyncio.run(query("true", None))
     with pytest.raises(WorkflowError, match="3 Slurm status queries in a row failed"):
