@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StaticCache
 
-from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.base import Decoder, Generation, param
 from d2f_core.decode.primitives import pad_token, right_padded
 from d2f_core.model.forward import backbone, lm_head
 from d2f_core.model.masks import additive
@@ -27,7 +27,6 @@ class ARParams:
     compile: bool = False  # torch.compile the decode step (static cache only)
 
 
-@register_decoder("ar")
 class ARDecoder(Decoder):
     Params = ARParams
 

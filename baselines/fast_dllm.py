@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.base import Decoder, Generation, param
 from d2f_core.decode.primitives import (canvas_mask, check_blocks, check_diffusion_model, commit_factor,
                                         commit_threshold, left_padded, pad_token, probabilities, softmax_dtype)
 from d2f_core.model.forward import backbone, hidden_states, lm_head
@@ -49,7 +49,6 @@ def keep_positions(cache: DynamicCache, lo: int, hi: int) -> None:
         layer.values = torch.cat([layer.values[..., :lo, :], layer.values[..., hi:, :]], dim=-2)
 
 
-@register_decoder("fast_dllm")
 class FastDLLMDecoder(Decoder):
     Params = FastDLLMParams
 

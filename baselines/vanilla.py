@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.base import Decoder, Generation, param
 from d2f_core.decode.primitives import (CONFIDENCES, check_blocks, check_diffusion_model, greedy_with_confidence,
                                         canvas_mask, left_padded, pad_token, softmax_dtype, transfer_schedule)
 from d2f_core.model.forward import backbone, hidden_states, lm_head
@@ -33,7 +33,6 @@ class VanillaParams:
                              f"(generation length {max_new_tokens} / block_size {self.block_size})")
 
 
-@register_decoder("vanilla")
 class VanillaDecoder(Decoder):
     Params = VanillaParams
 

@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", required=True, help="results/{profile}/summary.csv")
     s.add_argument("--reference", required=True, help="results/reference/{profile}.csv")
     s.add_argument("--out", help="write the comparison as Markdown (reports/{profile}/regression.md)")
-    s.add_argument("--json", help="write github-action-benchmark custom JSON (reports/{profile}/benchmark.json)")
+    s.add_argument("--json", help="write the gate's checks as github-action-benchmark custom JSON (reports/{profile}/regression.json)")
     s.add_argument("--tolerance", type=float, default=0.02, help="score drop always tolerated (absolute)")
     s.add_argument("--speed-tolerance", type=float, default=0.10,
                    help="the floor under the A/B limit: current/reference TPS may drop by max(this, the CI's "

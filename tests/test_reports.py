@@ -1,11 +1,20 @@
-"""Reports from a fixture summary: Pareto frontier, tables with speed-ups, timeline and Pareto figures."""
+"""Reports from a fixture summary: Pareto frontier, tables with speed-ups, timeline, Pareto and AUP figures, and the
+exports in the layouts of d3LLM's AUP leaderboard and github-action-benchmark."""
 
+import itertools
 import json
+import math
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import pytest
+import yaml
+from matplotlib.text import Text
 
+from d2f_core.report.aup import aup
 from d2f_core.report.build import build_reports
-from d2f_core.report.pareto import pareto_frontier, point_label
+from d2f_core.report.pareto import pareto_figure, pareto_frontier, point_label
+from d2f_core.report.tables import plain
 
 
 def test_pareto_frontier_on_a_hand_made_table():
@@ -83,3 +92,84 @@ def test_every_published_row_matches_a_paper_cell():
     for _, p in published.iterrows():
         assert any(c.model == p["model"] and c.benchmark == p["benchmark"] and c.decoder == p["decoder"]
                    and p["match"] in c.params for c in cells), p.to_dict()
+
+
+def undrawn_tick(fig, text: Text) -> bool:
+    """A tick label matplotlib keeps but does not draw: its axes is off, or its tick is outside the view."""
+    for ax in fig.axes:
+        for axis, limits, i in ((ax.xaxis, ax.get_xlim(), 0), (ax.yaxis, ax.get_ylim(), 1)):
+            if any(text is t for t in axis.get_ticklabels(which="both")):
+                return not ax.axison or not min(limits) <= text.get_position()[i] <= max(limits)
+    return False
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn, non-empty texts of a figure whose boxes intersect."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and not undrawn_tick(fig, t)]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
+
+
+def crowded(tmp_path, n: int = 24):
+    """A sweep whose every point is on the frontier, all within 3% of each other in speed: the labels' worst case."""
+    summary = pd.read_csv(_fixture(tmp_path))
+    d2f = summary[summary["decoder"] == "d2f"].iloc[0]
+    sweep = [{**d2f, "tps": 1000 + 1.2 * i, "tps_ci_lo": 990 + i, "tps_ci_hi": 1010 + 2 * i, "score": 0.6 - 0.001 * i,
+              "params": f"block_size~8,tau_add~0.{i:02d},tau_conf~0.9", "in_table": False} for i in range(n)]
+    return pd.concat([summary, pd.DataFrame(sweep)], ignore_index=True)
+
+
+def test_pareto_points_all_have_whiskers_and_no_labels_overlap(tmp_path):
+    df = crowded(tmp_path)
+    fig, frontier = pareto_figure(df, "tiny-gsm")
+    try:
+        assert len(frontier) >= 24
+        ax = fig.axes[0]
+        bars = [c for c in ax.containers if c.has_xerr and c.has_yerr]
+        x_segments = sum(len(c.lines[2][0].get_segments()) for c in bars)
+        y_segments = sum(len(c.lines[2][1].get_segments()) for c in bars)
+        assert x_segments == y_segments == len(df), "a TPS and a score whisker on every point"
+        assert overlapping_texts(fig) == []
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert ticks and all("e" not in t and "^" not in t for t in ticks), ticks
+    finally:
+        plt.close(fig)
+
+
+def test_tables_write_plain_numbers():
+    assert [plain(v) for v in (1663.7, 425.0, 99.96, 12.345, 0.0123456, 0.00001234, 1.0)] == [
+        "1664", "425", "100", "12.3", "0.0123", "0.0000123", "1"]
+
+
+def test_reports_write_the_aup_figure_and_both_exports(tmp_path):
+    out = tmp_path / "reports"
+    build_reports(str(_fixture(tmp_path)), str(out))
+    assert (out / "aup_tiny-gsm.png").stat().st_size > 0 and (out / "aup_tiny-gsm.svg").stat().st_size > 0
+    assert "e+" not in (out / "tables.md").read_text() + (out / "table.md").read_text()
+
+    # d3LLM's AUP_leaderboard/data_*.yaml: {task: {method: [[TPF, accuracy %], ...]}}
+    points = yaml.safe_load((out / "aup_points.yaml").read_text())
+    table = pd.read_csv(out / "aup.csv")
+    assert set(points) == {"tiny-gsm"}
+    for family, pairs in points["tiny-gsm"].items():
+        assert all(len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in pairs)
+        assert pairs[0][0] == 1, "the reference first, at TPF 1"
+        model, decoder = family.split("/")
+        row = table[(table["model"] == model) & (table["decoder"] == decoder)].iloc[0]
+        assert round(aup([tuple(p) for p in pairs]), 1) == row["AUP"], "the points recompute the table's AUP"
+
+    # github-action-benchmark's customBiggerIsBetter: a list of {name, unit, value[, range][, extra]}
+    entries = json.loads((out / "benchmark.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert isinstance(entries, list) and entries
+    for e in entries:
+        assert {"name", "unit", "value"} <= set(e) <= {"name", "unit", "value", "range", "extra"}
+        assert isinstance(e["name"], str) and isinstance(e["unit"], str)
+        assert isinstance(e["value"], float) and math.isfinite(e["value"])
+        assert all(isinstance(e[k], str) for k in ("range", "extra") if k in e)
+    names = [e["name"] for e in entries]
+    assert len(names) == len(set(names)), "a series per name"
+    assert "tiny-dream-d2f/tiny-gsm/d2f/block_size~8,tau_add~0.1,tau_conf~0.9 TPS" in names
+    tps = next(e for e in entries if e["name"] == "tiny-ar/tiny-gsm/ar/default TPS")
+    assert tps["unit"] == "tokens/s" and tps["value"] == 400 and tps["range"] == "95% CI [360.0, 440.0]"

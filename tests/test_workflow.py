@@ -7,11 +7,9 @@ import sys
 
 import pytest
 import yaml
-from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from d2f_core.config import expand_cells
-from d2f_core.decode.base import decoder_names
 
 from conftest import REPO, SHARED_DATA
 
@@ -32,17 +30,11 @@ def test_configs_validate_and_expand(name):
     assert len({c.path(config["profile"]) for c in cells}) == len(cells)
 
 
-def test_schema_lists_every_registered_decoder():
-    schema = yaml.safe_load(open(SCHEMA))
-    assert schema["$defs"]["cell"]["properties"]["decoder"]["enum"] == decoder_names()
-
-
-def test_unknown_decoder_is_rejected_with_the_valid_names():
+def test_unknown_decoder_is_rejected_with_the_registered_names():
+    """The schema cannot list decoders that other packages add; the registry names them when the config is read."""
     config = load("tiny")
     config["cells"][0]["decoder"] = "turbo"
-    with pytest.raises(WorkflowError) as e:
-        validate(config, SCHEMA)
-    assert "'turbo' is not one of" in str(e.value) and "'vanilla'" in str(e.value)
+    validate(config, SCHEMA)
     with pytest.raises(ValueError, match=r"cells\[0\].decoder: unknown decoder 'turbo'; valid: ar, d2f"):
         expand_cells(config)
 

@@ -9,10 +9,11 @@ times each call; a row's `finished_s` stamp is taken when the decoder has read t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from importlib.metadata import entry_points
 
 from d2f_core.model.load import LoadedModel
 
@@ -31,7 +32,8 @@ class Generation:
 
 
 class Decoder:
-    """Base class: subclasses set `Params` (a dataclass of their parameters) and implement `generate`."""
+    """Base class: subclasses set `Params` (a dataclass of their parameters) and implement `generate_batch`; a
+    package registers one under a name through the entry point group `d2f_bench.decoders`."""
 
     name: str = ""
     Params: type = None
@@ -113,24 +115,40 @@ def check_params(name: str, params: dict, max_new_tokens: int | None = None):
     return p
 
 
-DECODERS: dict[str, type[Decoder]] = {}
+ENTRY_POINTS = "d2f_bench.decoders"  # name = "module:DecoderClass"; the built-ins are listed in pyproject.toml
 
 
-def register_decoder(name: str) -> Callable[[type[Decoder]], type[Decoder]]:
-    def wrap(cls: type[Decoder]) -> type[Decoder]:
-        if name in DECODERS:
-            raise ValueError(f"decoder {name!r} registered twice")
-        assert dataclasses.is_dataclass(cls.Params), f"{cls.__name__}.Params must be a dataclass"
-        cls.name = name
-        DECODERS[name] = cls
-        return cls
+@functools.cache
+def _entry_points() -> dict:
+    """Every installed package's decoders by name (the built-ins come the same way); nothing imported yet."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINTS):
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise ValueError(f"decoder {ep.name!r} is registered twice: {found[ep.name].value} and {ep.value} "
+                             f"(entry point group {ENTRY_POINTS}); uninstall one of the packages")
+        found[ep.name] = ep
+    if not found:
+        raise RuntimeError(f"no decoder registered in entry point group {ENTRY_POINTS}: install the project "
+                           f"(pip install -e .)")
+    return found
 
-    return wrap
+
+@functools.cache
+def _load(name: str) -> type[Decoder]:
+    ep = _entry_points()[name]
+    try:
+        cls = ep.load()
+    except Exception as e:
+        raise ImportError(f"decoder {name!r} ({ep.value}, entry point group {ENTRY_POINTS}) cannot be imported: "
+                          f"{type(e).__name__}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Decoder) and dataclasses.is_dataclass(cls.Params)):
+        raise TypeError(f"decoder {name!r} ({ep.value}) must be a Decoder subclass with a dataclass `Params`")
+    cls.name = name
+    return cls
 
 
 def decoder_names() -> list[str]:
-    _load_builtin()
-    return sorted(DECODERS)
+    return sorted(_entry_points())
 
 
 def decoder_params(name: str) -> dict[str, object]:
@@ -145,10 +163,9 @@ def build_decoder(name: str, lm: LoadedModel, **params) -> Decoder:
 
 
 def _lookup(name: str) -> type[Decoder]:
-    _load_builtin()
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(sorted(DECODERS))}")
-    return DECODERS[name]
+    if name not in _entry_points():
+        raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(decoder_names())}")
+    return _load(name)
 
 
 def _coerce(value, kind: type, label: str):
@@ -168,12 +185,3 @@ def _coerce(value, kind: type, label: str):
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"{label}: cannot read {value!r} as {kind.__name__}") from None
-
-
-def _load_builtin() -> None:
-    """Import the modules that register the built-in decoders (once)."""
-    import baselines.ar  # noqa: F401
-    import baselines.fast_dllm  # noqa: F401
-    import baselines.vanilla  # noqa: F401
-    import d2f_core.decode.d2f  # noqa: F401
-

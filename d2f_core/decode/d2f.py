@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from d2f_core.decode.base import Decoder, Generation, param, register_decoder
+from d2f_core.decode.base import Decoder, Generation, param
 from d2f_core.decode.primitives import check_diffusion_model, pad_token, probabilities, softmax_dtype
 from d2f_core.model.forward import backbone, hidden_states, lm_head
 from d2f_core.model.masks import additive, block_causal
@@ -66,7 +66,6 @@ class Row:
     trace: list = field(default_factory=list)
 
 
-@register_decoder("d2f")
 class D2FDecoder(Decoder):
     Params = D2FParams
 

@@ -17,25 +17,31 @@ import pandas as pd
 ALPHA, WINDOW = 3.0, 5.0
 
 
-def aup(points: list[tuple[float, float]]) -> float:
-    """points: (TPF, score %), the first the reference at TPF 1."""
+def curve(points: list[tuple[float, float]]) -> tuple[list, list, list[float]]:
+    """points: (TPF, score %), the first the reference at TPF 1 -> the points counted (sorted by TPF), the points
+    the 5-point window drops, and each counted point's weighted score y W(y), the curve the AUP integrates."""
     ref = points[0][1]
     kept = sorted((p for p in points if p[1] >= ref - WINDOW), key=lambda p: p[0])
+    dropped = [p for p in points if p[1] < ref - WINDOW]
     y_max = max(y for _, y in kept)
+    weighted = [y * min(math.exp(-ALPHA * (1 - y / y_max)), 1.0) if y_max > 0 else 0.0 for _, y in kept]
+    return kept, dropped, weighted
 
-    def weighted(y: float) -> float:
-        return y * min(math.exp(-ALPHA * (1 - y / y_max)), 1.0) if y_max > 0 else 0.0
 
+def aup(points: list[tuple[float, float]]) -> float:
+    """points: (TPF, score %), the first the reference at TPF 1."""
+    kept, _, weighted = curve(points)
     total = kept[0][0] * kept[0][1]
-    for (r0, y0), (r1, y1) in zip(kept, kept[1:]):
-        total += 0.5 * (r1 - r0) * (weighted(y1) + weighted(y0))
+    for (r0, _), (r1, _), w0, w1 in zip(kept, kept[1:], weighted, weighted[1:]):
+        total += 0.5 * (r1 - r0) * (w1 + w0)
     return total
 
 
-def aup_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per benchmark x model x diffusion decoder: its AUP and the points it used."""
+def families(df: pd.DataFrame) -> list[dict]:
+    """Per benchmark x model x diffusion decoder: its points (relative TPF, score %) with the cells behind them, the
+    reference cell first."""
     ok = df[df["status"] == "ok"]
-    rows = []
+    out = []
     for (benchmark, base), cells in ok.groupby(["benchmark", "base_model"]):
         vanilla = cells[cells["decoder"] == "vanilla"]
         if vanilla.empty:
@@ -43,9 +49,17 @@ def aup_table(df: pd.DataFrame) -> pd.DataFrame:
         ref = vanilla.loc[vanilla["nfe"].idxmax()]
         for (model, decoder), family in cells[cells["decoder"] != "ar"].groupby(["model", "decoder"]):
             rho = family["tpf"] / ref["tpf"]
-            points = [(1.0, 100 * ref["score"])] + sorted(
-                (float(x), 100 * float(r["score"])) for x, (_, r) in zip(rho, family.iterrows())
-                if x > 1 and r["cell_dir"] != ref["cell_dir"])
-            rows.append({"benchmark": benchmark, "model": model, "decoder": decoder, "AUP": round(aup(points), 1),
-                         "points (relative TPF, score %)": "; ".join(f"({r:.2f}, {y:.1f})" for r, y in points)})
+            rows = sorted(((float(x), r) for x, (_, r) in zip(rho, family.iterrows())
+                           if x > 1 and r["cell_dir"] != ref["cell_dir"]), key=lambda p: p[0])
+            cells_used = [(1.0, ref)] + rows
+            out.append({"benchmark": benchmark, "model": model, "decoder": decoder, "cells": cells_used,
+                        "points": [(r, 100 * float(c["score"])) for r, c in cells_used]})
+    return out
+
+
+def aup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per benchmark x model x diffusion decoder: its AUP and the points it used."""
+    rows = [{"benchmark": f["benchmark"], "model": f["model"], "decoder": f["decoder"], "AUP": round(aup(f["points"]), 1),
+             "points (relative TPF, score %)": "; ".join(f"({r:.2f}, {y:.1f})" for r, y in f["points"])}
+            for f in families(df)]
     return pd.DataFrame(rows)

@@ -15,8 +15,8 @@ import pandas as pd  # noqa: E402
 
 from d2f_core.bench.io import atomic_write_text  # noqa: E402
 from d2f_core.bench.runner import params_label, parse_params, split_batch  # noqa: E402
-from d2f_core.report.pareto import STYLE, point_label  # noqa: E402
-from d2f_core.report.tables import batch_sizes  # noqa: E402
+from d2f_core.report.pareto import STYLE, log_ticks, point_label, whiskers  # noqa: E402
+from d2f_core.report.tables import batch_sizes, markdown  # noqa: E402
 
 COLUMNS = {"model": "Model", "decoder": "Decoder", "setting": "Params", "batch_size": "Batch",
            "tps": "TPS (aggregate)", "tps_request": "TPS per request", "latency_mean": "Latency mean (s)",
@@ -53,14 +53,18 @@ def plot_batching(frame: pd.DataFrame, benchmark: str, path: Path) -> None:
         style = "-" if "dream" not in model else "--"
         ax.plot(line["latency_mean"], line["tps"], style, marker=marker, color=colour, alpha=0.85, ms=6,
                 label=f"{model} · {decoder} {point_label(setting)}".rstrip())
+        ax.errorbar(line["latency_mean"], line["tps"], yerr=whiskers(line["tps"], line["tps_ci_lo"], line["tps_ci_hi"]),
+                    fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.5, capsize=2)
         for row in line.itertuples():
             ax.annotate(f"{row.batch_size}", (row.latency_mean, row.tps), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    log_ticks(ax.xaxis)
+    log_ticks(ax.yaxis)
     ax.set_xlabel("latency per request, mean (s, log scale)")
     ax.set_ylabel("aggregate tokens per second (log scale)")
-    ax.set_title(f"{benchmark}: throughput vs latency; each point labelled with its batch size")
+    ax.set_title(f"{benchmark}: throughput (95% CI) vs latency; each point labelled with its batch size")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=6.5, loc="best", ncol=2, framealpha=0.85)
     fig.tight_layout()
@@ -75,8 +79,7 @@ def write_batching(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     atomic_write_text(out_dir / "batch.csv", frame.to_csv(index=False))
     parts, figures = [], []
     for bench, group in frame.groupby("benchmark", sort=True):
-        parts.append(f"### {bench}\n\n" + group[list(COLUMNS)].rename(columns=COLUMNS)
-                     .to_markdown(index=False, floatfmt=".3g", missingval="—"))
+        parts.append(f"### {bench}\n\n" + markdown(group, COLUMNS))
     for bench in sorted(df.loc[batch_sizes(df) > 1, "benchmark"].unique()):
         figures.append(out_dir / f"batch_{bench}.png")
         plot_batching(frame, bench, figures[-1])

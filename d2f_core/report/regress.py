@@ -31,6 +31,7 @@ from d2f_core.bench.ab import ReferenceUnrunnable, meta_path, reference_commit
 from d2f_core.bench.environment import CODE
 from d2f_core.bench.io import atomic_write_json, atomic_write_text, read_jsonl_tolerant
 from d2f_core.bench.runner import params_label, parse_params, split_batch
+from d2f_core.report.exports import entry
 from d2f_core.report.tables import batch_sizes, reference_cells, single
 
 KEY = ["model", "benchmark", "decoder", "params"]
@@ -318,15 +319,6 @@ def benchmark_json(checks: list[Check], now: pd.DataFrame) -> str:
             out.append(entry(f"{c.cell} {c.what}", "x", c.now, None,
                              c.note if c.what.startswith("A/B") else f"reference {c.reference}"))
     return json.dumps(out, indent=2, allow_nan=False) + "\n"
-
-
-def entry(name: str, unit: str, value: float, range_: str | None, extra: str | None = None) -> dict:
-    e = {"name": name, "unit": unit, "value": float(value) if math.isfinite(value) else None}
-    if range_ and e["value"] is not None:
-        e["range"] = range_
-    if e["value"] is None:
-        extra = f"not a finite number ({value}); {extra or ''}".rstrip("; ")
-    return {**e, **({"extra": extra} if extra else {})}
 
 
 def regress(summary: str, reference: str, out_md: str | None = None, out_json: str | None = None,

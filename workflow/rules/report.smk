@@ -34,6 +34,15 @@ rule report:
             caption="../report/pareto.rst",
             category="Pareto",
         ),
+        aup=report(
+            expand(
+                "{dir}/aup_{b}.{ext}", dir=REPORTS, b=BENCHMARKS, ext=["png", "svg"]
+            ),
+            caption="../report/aup.rst",
+            category="AUP",
+        ),
+        aup_points=f"{REPORTS}/aup_points.yaml",
+        benchmark_json=f"{REPORTS}/benchmark.json",
         timelines=report(
             expand("{dir}/timeline_{d}.png", dir=REPORTS, d=DECODERS),
             caption="../report/timeline.rst",
@@ -71,7 +80,7 @@ rule regress:
         ab=ab_files(),
     output:
         md=f"{REPORTS}/regression.md",
-        json=f"{REPORTS}/benchmark.json",
+        json=f"{REPORTS}/regression.json",
     log:
         f"logs/{PROFILE}/regress.log",
     conda:
