@@ -97,6 +97,7 @@ def test_a_decoder_from_another_package_runs_a_cell_through_the_cli(plugin_path,
         assert mine["tokens"] == ar["tokens"], "greedy without a cache decodes what the AR decoder decodes"
     bad = d2f(plugin_path, "decode", "--model", model_dirs["ar"], "--benchmark", "tiny-gsm", "--data", data_dir,
               "--cells", "recompute/max_steps~0", "--max-new-tokens", 12, "--out", tmp_path / "bad")
+    assert bad.returncode == 0, "a cell that fails is recorded as failed; the job goes on"
     failed = json.loads((tmp_path / "bad/decoded.json").read_text())["cells"]
     assert failed == [{"cell": "recompute/max_steps~0", "status": "failed",
                        "error": "ValueError: recompute.max_steps = 0: must be in [1, inf]"}], "its parameters checked"

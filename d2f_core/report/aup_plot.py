@@ -43,7 +43,7 @@ def plot_aup(df: pd.DataFrame, benchmark: str, out_stem: Path) -> None:
     ax.set_ylabel("score (%); lines: the weighted score y·W(y) AUP integrates")
     ax.set_title(f"{benchmark}: accuracy under parallelism (AUP), 95% CIs")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", framealpha=0.85)
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     for ext in ("png", "svg"):
         fig.savefig(f"{out_stem}.{ext}", dpi=150)

@@ -86,10 +86,12 @@ def pareto_figure(df: pd.DataFrame, benchmark: str):
     log_ticks(ax.xaxis)
     ax.set_xlabel("tokens per second (batch 1, log scale)")
     ax.set_ylabel(cells["metric"].iloc[0] if len(cells) else "score")
-    ax.set_title(f"{benchmark}: speed vs quality, 95% CIs ({len(cells)} cells)")
+    unplotted = int((cells["tps"] <= 0).sum())  # no answer tokens: a log axis has no place for them
+    ax.set_title(f"{benchmark}: speed vs quality, 95% CIs ({len(cells)} cells"
+                 + (f"; {unplotted} at 0 TPS not shown)" if unplotted else ")"))
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
-    ax.legend(fontsize=7, loc="lower left", ncol=2, framealpha=0.85)
+    ax.legend(fontsize=7, loc="best", ncol=2, framealpha=0.85)
     fig.tight_layout()
     frontier_key(fig, ax, key, frontier.sort_values("score", ascending=False))
     return fig, frontier
