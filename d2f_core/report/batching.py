@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from d2f_core.bench.io import atomic_write_text  # noqa: E402
@@ -43,6 +44,11 @@ def batch_frame(df: pd.DataFrame) -> pd.DataFrame:
     return swept.sort_values(["benchmark", "order", "model", "setting", "batch_size"]).drop(columns="order")
 
 
+def marker_area(batch_size: pd.Series) -> pd.Series:
+    """Marker area growing with the batch size (log2), so the batch size reads without a text label per point."""
+    return 18 + 22 * np.log2(batch_size.astype(float))
+
+
 def plot_batching(frame: pd.DataFrame, benchmark: str, path: Path) -> None:
     cells = frame[frame["benchmark"] == benchmark]
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -51,20 +57,21 @@ def plot_batching(frame: pd.DataFrame, benchmark: str, path: Path) -> None:
     for (model, decoder, setting), line in cells.groupby(["model", "decoder", "setting"], sort=False):
         colour, marker = STYLE.get(decoder, ("tab:green", "D"))
         style = "-" if "dream" not in model else "--"
-        ax.plot(line["latency_mean"], line["tps"], style, marker=marker, color=colour, alpha=0.85, ms=6,
+        ax.plot(line["latency_mean"], line["tps"], style, color=colour, alpha=0.85,
                 label=f"{model} · {decoder} {point_label(setting)}".rstrip())
+        ax.scatter(line["latency_mean"], line["tps"], s=marker_area(line["batch_size"]), marker=marker, color=colour,
+                   alpha=0.85, zorder=3)
         ax.errorbar(line["latency_mean"], line["tps"], yerr=whiskers(line["tps"], line["tps_ci_lo"], line["tps_ci_hi"]),
                     fmt="none", ecolor=colour, elinewidth=0.8, alpha=0.5, capsize=2)
-        for row in line.itertuples():
-            ax.annotate(f"{row.batch_size}", (row.latency_mean, row.tps), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+    for size in sorted(cells["batch_size"].unique()):  # the marker-size key: no per-point label to collide
+        ax.scatter([], [], s=marker_area(pd.Series([size])), marker="o", color="gray", label=f"batch {size}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     log_ticks(ax.xaxis)
     log_ticks(ax.yaxis)
     ax.set_xlabel("latency per request, mean (s, log scale)")
     ax.set_ylabel("aggregate tokens per second (log scale)")
-    ax.set_title(f"{benchmark}: throughput (95% CI) vs latency; each point labelled with its batch size")
+    ax.set_title(f"{benchmark}: throughput (95% CI) vs latency; marker size = batch size")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=6.5, loc="best", ncol=2, framealpha=0.85)
     fig.tight_layout()
