@@ -1,6 +1,6 @@
 """The AUP behind its number: per benchmark, each diffusion family's score-vs-parallelism points (95% CI whiskers),
-the weighted curve y W(y) that AUP integrates (on a linear axis, as it integrates), the points the 5-point window drops (crossed out), and the
-AUP value in the legend."""
+the weighted curve y W(y) that AUP integrates (on a linear axis, as it integrates), the points the 5-point window
+drops (crossed out), and the AUP value in the legend."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from d2f_core.report.aup import WINDOW, aup, curve, families  # noqa: E402
-from d2f_core.report.pareto import style_of  # noqa: E402
+from d2f_core.report.pareto import style_of, whiskers  # noqa: E402
 
 
 def plot_aup(df: pd.DataFrame, benchmark: str, out_stem: Path) -> None:
@@ -28,8 +28,8 @@ def plot_aup(df: pd.DataFrame, benchmark: str, out_stem: Path) -> None:
         score = pd.Series([y for _, y in fam["points"]])
         lo = pd.Series([100 * c["score_ci_lo"] for _, c in fam["cells"]])
         hi = pd.Series([100 * c["score_ci_hi"] for _, c in fam["cells"]])
-        ax.errorbar(rho, score, yerr=[(score - lo).clip(lower=0).fillna(0), (hi - score).clip(lower=0).fillna(0)],
-                    fmt="none", ecolor=s["colour"], elinewidth=0.8, alpha=0.45, capsize=2)
+        ax.errorbar(rho, score, yerr=whiskers(score, lo, hi), fmt="none", ecolor=s["colour"], elinewidth=0.8,
+                    alpha=0.45, capsize=2)
         ax.scatter([r for r, _ in kept], [y for _, y in kept], marker=s["marker"], s=40, facecolors=s["face"],
                    edgecolors=s["colour"], linewidths=1.3, zorder=3)
         if dropped:
